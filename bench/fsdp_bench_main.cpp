@@ -1,0 +1,124 @@
+// fsdp-bench: the runtime's collectives beside the raw MPI ones, in one run.
+//
+//   scripts/mpirun.sh -np 4 build/bin/fsdp-bench --case restore
+//   scripts/mpirun.sh -np 2 build/bin/fsdp-bench --case reduce --json
+//
+// Prints an nccl-tests style table (size, time, algbw, busbw) for ours and for
+// the raw baseline, and the ratio ours / raw (1.0 = no overhead). With --json,
+// one JSON object per line instead.
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+
+#include "bench/collective_bench.h"
+#include "launch/program.h"
+
+namespace po = boost::program_options;
+
+namespace {
+
+std::vector<std::int64_t> parse_sizes(const std::string& text) {
+  std::vector<std::int64_t> bytes;
+  std::stringstream stream(text);
+  std::string item;
+  while (std::getline(stream, item, ',')) {
+    std::size_t used = 0;
+    double mebibytes = 0;
+    try {
+      mebibytes = std::stod(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != item.size() || !(mebibytes > 0)) {
+      throw po::invalid_option_value("--sizes-mib " + text + " ('" + item +
+                                     "' is not a positive number of MiB)");
+    }
+    bytes.push_back(static_cast<std::int64_t>(mebibytes * 1024 * 1024));
+  }
+  return bytes;
+}
+
+void print_table(const std::vector<fsdp::bench::CollectiveBenchResult>& results) {
+  std::printf("# case %s, %d ranks, dtype %s; times are medians of the slowest rank\n",
+              results.front().case_name.c_str(), results.front().ranks,
+              results.front().dtype.c_str());
+  std::printf("%12s %12s %10s %10s %12s %10s %8s\n", "size(B)", "time(us)", "algbw", "busbw",
+              "raw time(us)", "raw busbw", "ratio");
+  for (const auto& r : results) {
+    std::printf("%12lld %12.1f %10.3f %10.3f %12.1f %10.3f %8.3f\n", static_cast<long long>(r.bytes),
+                r.time_seconds * 1e6, r.algbw_gbps(), r.busbw_gbps(), r.raw_time_seconds * 1e6,
+                r.raw_busbw_gbps(), r.ratio());
+  }
+  std::printf("# bandwidths in GB/s (decimal); ratio = raw time / our time\n");
+}
+
+int run(fsdp::launch::Runtime& runtime, const po::variables_map& values) {
+  const std::string case_name = values["case"].as<std::string>();
+  std::vector<std::string> cases;
+  if (case_name == "all") {
+    cases = {"restore", "reduce"};
+  } else {
+    cases = {case_name};
+  }
+  for (const std::string& name : cases) {
+    fsdp::bench::CollectiveBenchOptions options;
+    options.case_name = name;
+    options.buffer_bytes = parse_sizes(values["sizes-mib"].as<std::string>());
+    options.compute_dtype = values["compute-dtype"].as<std::string>();
+    options.iterations = values["iterations"].as<int>();
+    options.warmup_iterations = values["warmup"].as<int>();
+    const auto results = fsdp::bench::run_collective_bench(runtime, options);
+    if (runtime.rank() != 0) continue;
+    if (values.count("json")) {
+      for (const auto& r : results) {
+        nlohmann::json line = {{"case", r.case_name},
+                               {"bytes", r.bytes},
+                               {"ranks", r.ranks},
+                               {"dtype", r.dtype},
+                               {"time_us", r.time_seconds * 1e6},
+                               {"algbw_gbps", r.algbw_gbps()},
+                               {"busbw_gbps", r.busbw_gbps()},
+                               {"raw_time_us", r.raw_time_seconds * 1e6},
+                               {"raw_busbw_gbps", r.raw_busbw_gbps()},
+                               {"ratio", r.ratio()}};
+        std::cout << line.dump() << std::endl;
+      }
+    } else {
+      print_table(results);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  po::options_description options("Benchmark");
+  options.add_options()(
+      "case", po::value<std::string>()->default_value("all")->notifier([](const std::string& c) {
+        if (c != "restore" && c != "reduce" && c != "all") {
+          throw po::invalid_option_value("--case " + c + " (expected restore, reduce or all)");
+        }
+      }),
+      "restore: restore_parameters() vs MPI_Allgather; reduce: reduce_gradients() vs "
+      "MPI_Reduce_scatter_block; all: both")(
+      "sizes-mib", po::value<std::string>()->default_value("1,4,16,64,256"),
+      "stage buffer sizes, comma-separated MiB")(
+      "compute-dtype",
+      po::value<std::string>()->default_value("float32")->notifier([](const std::string& d) {
+        if (d != "float32" && d != "bfloat16") {
+          throw po::invalid_option_value("--compute-dtype " + d + " (expected float32 or bfloat16)");
+        }
+      }),
+      "dtype of the stage buffers")("iterations", po::value<int>()->default_value(10),
+                                    "timed iterations per size")(
+      "warmup", po::value<int>()->default_value(2), "untimed iterations per size")(
+      "json", "one JSON object per line instead of the table");
+  return fsdp::launch::run_program(
+      argc, argv,
+      {"fsdp-bench", "the runtime's collectives beside raw MPI, as ratios",
+       "mpirun -np N fsdp-bench [options]"},
+      options, run);
+}

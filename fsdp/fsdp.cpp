@@ -1,0 +1,140 @@
+#include "fsdp/fsdp.h"
+
+#include <ATen/ATen.h>
+
+#include <limits>
+
+#include "fsdp/torch_interop.h"
+
+namespace fsdp {
+namespace {
+
+void check_floating(c10::ScalarType type, const std::string& stage, const char* what) {
+  if (!c10::isFloatingType(type)) {
+    throw std::invalid_argument("stage '" + stage + "': the " + what +
+                                " must be a floating-point type, not " + c10::toString(type));
+  }
+}
+
+// Prefixes the stage to a collective's error, so a timeout says which stage it hit.
+template <typename Function>
+void with_stage_context(const std::string& stage, const char* operation, Function&& function) {
+  try {
+    function();
+  } catch (const CollectiveTimeoutError& error) {
+    throw CollectiveTimeoutError("stage '" + stage + "' " + operation + ": " + error.what());
+  } catch (const CommunicationError& error) {
+    throw CommunicationError("stage '" + stage + "' " + operation + ": " + error.what());
+  }
+}
+
+}  // namespace
+
+Fsdp::Fsdp(std::string stage_name, std::vector<ParameterSpec> parameters,
+           std::shared_ptr<ProcessGroup> group, FsdpOptions options)
+    : stage_name_(std::move(stage_name)),
+      layout_(std::move(parameters), group ? group->size() : 1, options.alignment),
+      group_(std::move(group)),
+      options_(options) {
+  if (!group_) throw std::invalid_argument("stage '" + stage_name_ + "': no process group given");
+  check_floating(options_.shard_dtype, stage_name_, "shard dtype");
+  check_floating(options_.compute_dtype, stage_name_, "compute dtype");
+  const bool wants_cuda = group_->memory_location() == MemoryLocation::kCuda;
+  if (options_.device.is_cuda() != wants_cuda) {
+    throw std::invalid_argument("stage '" + stage_name_ + "': the " +
+                                std::string(group_->backend_name()) + " process group needs " +
+                                (wants_cuda ? "a CUDA device" : "the CPU") + ", but the stage is on " +
+                                options_.device.str());
+  }
+  const auto on_device = at::TensorOptions().device(options_.device);
+  weight_shard_ = at::zeros({layout_.shard_numel()}, on_device.dtype(options_.shard_dtype));
+  gradient_shard_ = at::zeros({layout_.shard_numel()}, on_device.dtype(options_.shard_dtype));
+  weight_buffer_ = at::zeros({layout_.padded_numel()}, on_device.dtype(options_.compute_dtype));
+  gradient_buffer_ = at::zeros({layout_.padded_numel()}, on_device.dtype(options_.compute_dtype));
+
+  parameter_views_.reserve(layout_.parameters().size());
+  for (const ParameterSlot& slot : layout_.parameters()) {
+    at::Tensor view = weight_buffer_.narrow(0, slot.flat_range.begin, slot.numel).view(slot.shape);
+    if (options_.requires_grad) {
+      view.requires_grad_(true);
+      // Autograd adds into an existing .grad() in place, so gradients land in
+      // the flat gradient buffer, ready to be reduce-scattered as one array.
+      view.mutable_grad() =
+          gradient_buffer_.narrow(0, slot.flat_range.begin, slot.numel).view(slot.shape);
+    }
+    parameter_views_.push_back(std::move(view));
+  }
+}
+
+void Fsdp::restore_parameters() {
+  if (restored_) return;
+  // Note [Buffer writes bypass autograd's version counter]
+  // The buffer is written through variable_data(), a tensor that shares its
+  // storage but not its version counter. Restoring writes the same values that
+  // were there when autograd saved a view (ZeRO-3 restores again before
+  // backward), so bumping the version would only raise false "modified by an
+  // inplace operation" errors. Reading stale or foreign values is what
+  // assert_restored() exists to catch.
+  at::Tensor buffer = weight_buffer_.variable_data();
+  const ElementRange own = layout_.shard_range(group_->rank());
+  buffer.narrow(0, own.begin, own.size()).copy_(weight_shard_);
+  with_stage_context(stage_name_, "restore_parameters",
+                     [&] { group_->all_gather_in_place(span_of(buffer)); });
+  restored_ = true;
+}
+
+void Fsdp::release() {
+  restored_ = false;
+  if (options_.poison_released_buffer) {
+    weight_buffer_.variable_data().fill_(std::numeric_limits<double>::quiet_NaN());
+  }
+}
+
+void Fsdp::assert_restored(std::string_view parameter_name) const {
+  if (restored_) return;
+  throw NotRestoredError(
+      "stage '" + stage_name_ + "': parameter '" + std::string(parameter_name) +
+      "' was read while the stage's weights are not restored. Its view of the weight buffer "
+      "holds zeros (or stale values), not the weights. Call restore_parameters() on the stage "
+      "before forward; to read the true values without restoring, use the inspector "
+      "(fsdp/inspector.h), which reads the shards.");
+}
+
+at::Tensor Fsdp::parameter(std::string_view name) const {
+  const std::size_t index = layout_.parameter_index(name);
+  assert_restored(name);
+  return parameter_views_[index];
+}
+
+void Fsdp::zero_gradient_buffer() { gradient_buffer_.variable_data().zero_(); }
+
+void Fsdp::reduce_gradients(GradientReduction reduction, GradientUpdate update) {
+  const ReduceOp op = reduction == GradientReduction::kAverage ? ReduceOp::kAverage : ReduceOp::kSum;
+  const at::Tensor input = gradient_buffer_.variable_data();
+  const at::Tensor shard = gradient_shard_.variable_data();
+  // The process group reduces 16-bit input straight into a float32 output; any
+  // other dtype pairing, and accumulation, goes through a shard-sized temporary.
+  const bool direct_output =
+      update == GradientUpdate::kOverwrite &&
+      (options_.shard_dtype == options_.compute_dtype ||
+       (c10::elementSize(options_.compute_dtype) == 2 &&
+        options_.shard_dtype == c10::ScalarType::Float));
+  with_stage_context(stage_name_, "reduce_gradients", [&] {
+    if (direct_output) {
+      group_->reduce_scatter(span_of(input), span_of(shard), op);
+      return;
+    }
+    const c10::ScalarType reduced_dtype = c10::elementSize(options_.compute_dtype) == 2
+                                              ? c10::ScalarType::Float
+                                              : options_.compute_dtype;
+    at::Tensor reduced = at::empty({layout_.shard_numel()}, shard.options().dtype(reduced_dtype));
+    group_->reduce_scatter(span_of(input), span_of(reduced), op);
+    if (update == GradientUpdate::kAccumulate) {
+      shard.add_(reduced);
+    } else {
+      shard.copy_(reduced);
+    }
+  });
+}
+
+}  // namespace fsdp

@@ -1,0 +1,134 @@
+// The per-stage FSDP object: a stage's sharded weights and gradients.
+//
+//   weight shard (this rank's slice of every weight, shard dtype, the truth)
+//        | restore_parameters(): cast into this rank's slice of the buffer, then all-gather in place
+//        v
+//   weight buffer (room for all of the stage's weights, compute dtype, zeroed at creation)
+//        | views
+//        v
+//   parameters (one tensor per declared parameter; their .grad() are views of the gradient buffer)
+//
+// The shard is the truth; the buffer is a cache that is valid only while the
+// stage is restored (DESIGN.md, invariants). Reading a parameter before
+// restore_parameters() would silently read zeros -- the pitfall of seed 000 --
+// so forward-side code goes through parameter() or assert_restored(), which
+// fail with the stage and parameter named. To read the true values without a
+// restore, use the inspector (fsdp/inspector.h), which reads the shards.
+//
+// Thread-safety: none; a stage is driven by one thread.
+// Collectives: restore_parameters() and reduce_gradients() are collective over
+// the stage's group (every rank calls them, in the same order).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "fsdp/flat_layout.h"
+#include "fsdp/process_group.h"
+
+namespace fsdp {
+
+struct FsdpOptions {
+  // The dtype of the weight and gradient shards (the "optimization dtype").
+  c10::ScalarType shard_dtype = c10::ScalarType::Float;
+  // The dtype of the weight and gradient buffers, and so of the parameters.
+  c10::ScalarType compute_dtype = c10::ScalarType::Float;
+  // Where shards and buffers live: CPU for an MPI group, a CUDA device for NCCL.
+  c10::Device device = c10::Device(c10::DeviceType::CPU);
+  // Parameter views are autograd leaves whose gradients accumulate into the gradient buffer.
+  bool requires_grad = true;
+  // Debugging aid: release() fills the weight buffer with NaN, so that a stale
+  // view read after release is loud instead of silently old.
+  bool poison_released_buffer = false;
+  std::int64_t alignment = kDefaultShardAlignment;
+};
+
+enum class GradientReduction { kAverage, kSum };
+enum class GradientUpdate {
+  kOverwrite,   // gradient shard = reduced gradient
+  kAccumulate,  // gradient shard += reduced gradient
+};
+
+// A parameter was read while its stage's weights were not restored.
+class NotRestoredError : public std::logic_error {
+ public:
+  using std::logic_error::logic_error;
+};
+
+class Fsdp {
+ public:
+  // Lays out `parameters` for the group's world size and allocates, on
+  // options.device: the weight and gradient shards (layout().shard_numel()
+  // elements of shard_dtype, zeroed) and the weight and gradient buffers
+  // (layout().padded_numel() elements of compute_dtype, zeroed). Nothing else
+  // proportional to the model is allocated.
+  // Throws std::invalid_argument for a device that does not match the group's
+  // memory, a non-floating dtype, or a bad parameter list (FlatLayout's errors).
+  Fsdp(std::string stage_name, std::vector<ParameterSpec> parameters,
+       std::shared_ptr<ProcessGroup> group, FsdpOptions options = {});
+
+  Fsdp(const Fsdp&) = delete;
+  Fsdp& operator=(const Fsdp&) = delete;
+
+  const std::string& stage_name() const { return stage_name_; }
+  const FlatLayout& layout() const { return layout_; }
+  ProcessGroup& group() const { return *group_; }
+  const FsdpOptions& options() const { return options_; }
+
+  // This rank's shards: 1-D, layout().shard_numel() elements each. The weight
+  // shard is the truth. Whoever writes it (initialiser, loader, optimizer) must
+  // call invalidate() afterwards.
+  const at::Tensor& weight_shard() const { return weight_shard_; }
+  const at::Tensor& gradient_shard() const { return gradient_shard_; }
+  // The flat buffers: 1-D, layout().padded_numel() elements each.
+  const at::Tensor& weight_buffer() const { return weight_buffer_; }
+  const at::Tensor& gradient_buffer() const { return gradient_buffer_; }
+
+  // Makes the buffer hold every rank's weights: casts the weight shard into
+  // this rank's slice of the buffer, then all-gathers in place. Idempotent: does
+  // nothing while already restored. Collective.
+  void restore_parameters();
+  bool is_restored() const { return restored_; }
+  // Marks the buffer as no longer holding the weights (ZeRO-3 frees it for reuse).
+  void release();
+  // The weight shard changed: the buffer is stale until the next restore.
+  void invalidate() { restored_ = false; }
+
+  // Throws NotRestoredError naming this stage and `parameter_name` unless restored.
+  void assert_restored(std::string_view parameter_name) const;
+  // The parameter's view of the weight buffer, in its declared shape.
+  // Asserts the stage is restored first (assert_restored).
+  at::Tensor parameter(std::string_view name) const;
+  // Every parameter's view, in layout order, without the check: for binding
+  // layers once. Whoever reads them must call assert_restored() first.
+  const std::vector<at::Tensor>& parameter_views() const { return parameter_views_; }
+
+  // Sets the gradient buffer to zero (before a backward pass that accumulates into it).
+  void zero_gradient_buffer();
+  // Reduce-scatters the gradient buffer into the gradient shard: each rank
+  // receives the sum (or average) over ranks of its own range, reduced in
+  // float32 when the buffer is 16-bit. Collective. Leaves the gradient buffer as it is.
+  void reduce_gradients(GradientReduction reduction = GradientReduction::kAverage,
+                        GradientUpdate update = GradientUpdate::kOverwrite);
+
+ private:
+  std::string stage_name_;
+  FlatLayout layout_;
+  std::shared_ptr<ProcessGroup> group_;
+  FsdpOptions options_;
+  at::Tensor weight_shard_;
+  at::Tensor gradient_shard_;
+  at::Tensor weight_buffer_;
+  at::Tensor gradient_buffer_;
+  std::vector<at::Tensor> parameter_views_;
+  bool restored_ = false;
+};
+
+}  // namespace fsdp

@@ -1,0 +1,42 @@
+// The MPI backend of ProcessGroup: host memory, non-blocking MPI collectives
+// (MPI_Iallgather, MPI_Ireduce_scatter_block, ...), waited for by polling so
+// that every wait has a deadline (Note [Collective deadlines]).
+//
+// Limits: MPI counts are `int`, so one collective moves at most 2^31 - 1
+// elements per rank; a larger request is refused with a message that says
+// so (split the model into more stages). The NCCL backend has no such limit.
+#pragma once
+
+#include <mpi.h>
+
+#include "fsdp/process_group.h"
+
+namespace fsdp {
+
+class MpiProcessGroup final : public ProcessGroup {
+ public:
+  // REQUIRES: MPI is initialised. Collective over `communicator`: duplicates it,
+  // so the runtime's collectives never match a caller's own traffic.
+  explicit MpiProcessGroup(MPI_Comm communicator,
+                           std::chrono::milliseconds timeout = kDefaultCollectiveTimeout);
+  // Frees the duplicate if MPI is still initialised; never blocks on peers.
+  ~MpiProcessGroup() override;
+
+  std::string_view backend_name() const override { return "mpi"; }
+  MemoryLocation memory_location() const override { return MemoryLocation::kHost; }
+  MPI_Comm communicator() const { return communicator_; }
+
+  [[noreturn]] void abort_job(std::string_view message) override;
+
+ private:
+  Work start_all_gather_in_place(TensorSpan buffer, std::string description) override;
+  Work start_reduce_scatter(TensorSpan input, TensorSpan output, ReduceOp op,
+                            std::string description) override;
+  Work start_all_reduce(TensorSpan buffer, ReduceOp op, std::string description) override;
+  Work start_broadcast(TensorSpan buffer, int root, std::string description) override;
+  Work start_barrier(std::string description) override;
+
+  MPI_Comm communicator_ = MPI_COMM_NULL;
+};
+
+}  // namespace fsdp

@@ -1,0 +1,36 @@
+# Runs one command and checks how it ended, for tests of whole programs.
+#   cmake -DCOMMAND="a;b;c" -DEXPECT_EXIT=0|nonzero|<n> [-DEXPECT_OUTPUT=regex]
+#         [-DEXPECT_ONCE=regex] [-DFORBID_OUTPUT=regex] [-DTIMEOUT=seconds] -P expect_command.cmake
+# stdout and stderr are checked together. A command still running after
+# TIMEOUT fails the test: for these tests, a hang is the bug.
+if(NOT TIMEOUT)
+  set(TIMEOUT 120)
+endif()
+execute_process(COMMAND ${COMMAND} RESULT_VARIABLE result OUTPUT_VARIABLE out ERROR_VARIABLE err
+                TIMEOUT ${TIMEOUT})
+set(output "${out}${err}")
+message("${output}")
+message("exit: ${result}")
+if(result MATCHES "timeout|Process terminated due to timeout")
+  message(FATAL_ERROR "the command did not finish within ${TIMEOUT} s (a hang)")
+endif()
+if(EXPECT_EXIT STREQUAL "nonzero")
+  if(result EQUAL 0)
+    message(FATAL_ERROR "expected a non-zero exit status, got 0")
+  endif()
+elseif(NOT result EQUAL EXPECT_EXIT)
+  message(FATAL_ERROR "expected exit status ${EXPECT_EXIT}, got ${result}")
+endif()
+if(EXPECT_OUTPUT AND NOT output MATCHES "${EXPECT_OUTPUT}")
+  message(FATAL_ERROR "the output does not match: ${EXPECT_OUTPUT}")
+endif()
+if(FORBID_OUTPUT AND output MATCHES "${FORBID_OUTPUT}")
+  message(FATAL_ERROR "the output matches what it must not: ${FORBID_OUTPUT}")
+endif()
+if(EXPECT_ONCE)
+  string(REGEX MATCHALL "${EXPECT_ONCE}" matches "${output}")
+  list(LENGTH matches count)
+  if(NOT count EQUAL 1)
+    message(FATAL_ERROR "expected exactly one match of '${EXPECT_ONCE}', found ${count}")
+  endif()
+endif()

@@ -1,0 +1,38 @@
+// A program that fails on purpose, to test that one rank's failure ends the
+// whole job with its message instead of hanging the others.
+//   --throw-on-rank R     rank R throws while the others wait in a collective
+//   --skip-on-rank R      rank R skips a collective and stays alive; the others
+//                         must give up after --collective-timeout and abort the job
+#include <chrono>
+#include <iostream>
+#include <stdexcept>
+#include <thread>
+
+#include "launch/program.h"
+
+namespace po = boost::program_options;
+
+int main(int argc, char** argv) {
+  po::options_description options("Failure probe");
+  options.add_options()("throw-on-rank", po::value<int>()->default_value(-1), "rank that throws")(
+      "skip-on-rank", po::value<int>()->default_value(-1), "rank that skips a collective");
+  return fsdp::launch::run_program(
+      argc, argv, {"failure-probe", "fails on purpose", "mpirun -np N failure-probe [options]"},
+      options, [](fsdp::launch::Runtime& runtime, const po::variables_map& values) {
+        std::vector<std::int32_t> value = {1};
+        auto& group = *runtime.host_group();
+        if (runtime.rank() == values["throw-on-rank"].as<int>()) {
+          // Let the peers get into the collective first.
+          std::this_thread::sleep_for(std::chrono::milliseconds(300));
+          throw std::runtime_error("checkpoint shard 'model-00002.safetensors' is truncated");
+        }
+        if (runtime.rank() == values["skip-on-rank"].as<int>()) {
+          // Alive but not participating, as a rank stuck elsewhere would be.
+          std::this_thread::sleep_for(std::chrono::seconds(60));
+          return 0;
+        }
+        group.all_reduce(fsdp::host_span(value), fsdp::ReduceOp::kSum);
+        std::cout << "rank " << runtime.rank() << " finished" << std::endl;
+        return 0;
+      });
+}

@@ -1,0 +1,134 @@
+// The GPU path: CUDA cast kernels, the NCCL process group, and a stage with
+// CUDA buffers. Run as `mpirun -np 1` (NCCL refuses two ranks on one GPU, so a
+// one-GPU machine tests NCCL at world size 1; multi-rank logic is tested over MPI).
+// Every test reports SKIPPED -- never passed -- when there is nothing to run it on.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include "fsdp/fsdp.h"
+#include "fsdp/inspector.h"
+#include "kernels/cast.h"
+#include "mpi_test_environment.h"
+
+#if FSDP_WITH_NCCL
+#include <cuda_runtime_api.h>
+
+#include "fsdp/nccl_process_group.h"
+#endif
+
+namespace fsdp {
+namespace {
+
+#if FSDP_WITH_NCCL
+// Device memory without libtorch's CUDA (Debian's libtorch is CPU-only).
+template <typename T>
+struct DeviceArray {
+  explicit DeviceArray(std::size_t count) : count(count) {
+    EXPECT_EQ(cudaMalloc(reinterpret_cast<void**>(&data), count * sizeof(T)), cudaSuccess);
+  }
+  ~DeviceArray() { cudaFree(data); }
+  void upload(const std::vector<T>& values) {
+    ASSERT_EQ(cudaMemcpy(data, values.data(), count * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+  }
+  std::vector<T> download() {
+    std::vector<T> values(count);
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(values.data(), data, count * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+    return values;
+  }
+  TensorSpan span(ElementType type) const {
+    return {data, static_cast<std::int64_t>(count), type, MemoryLocation::kCuda};
+  }
+  T* data = nullptr;
+  std::size_t count;
+};
+#endif
+
+bool has_gpu() { return testing::runtime().cuda_device() >= 0; }
+
+TEST(Gpu, CastKernelsMatchTheHostCastsBitForBit) {
+#if FSDP_WITH_NCCL
+  if (!has_gpu()) GTEST_SKIP() << "no CUDA device on this machine";
+  at::manual_seed(5);
+  at::Tensor values = at::randn({100000}).mul(300);
+  std::vector<float> host(values.data_ptr<float>(), values.data_ptr<float>() + values.numel());
+  host.push_back(NAN);
+  host.push_back(-0.0f);
+  host.push_back(1e38f);
+  DeviceArray<float> source(host.size());
+  source.upload(host);
+  for (ElementType type : {ElementType::kBFloat16, ElementType::kFloat16}) {
+    DeviceArray<std::uint16_t> device_result(host.size());
+    kernels::cast_on_device(source.data, ElementType::kFloat32, device_result.data, type,
+                            static_cast<std::int64_t>(host.size()), nullptr);
+    std::vector<std::uint16_t> expected(host.size());
+    kernels::cast_on_host(host.data(), ElementType::kFloat32, expected.data(), type,
+                          static_cast<std::int64_t>(host.size()));
+    EXPECT_EQ(device_result.download(), expected) << element_type_name(type);
+  }
+#else
+  GTEST_SKIP() << "built without CUDA";
+#endif
+}
+
+TEST(Gpu, NcclCollectivesAtWorldSizeOne) {
+#if FSDP_WITH_NCCL
+  if (!has_gpu() || !testing::runtime().uses_nccl()) {
+    GTEST_SKIP() << "no NCCL process group (needs a GPU of its own for every rank)";
+  }
+  ProcessGroup& group = *testing::runtime().process_group();
+  std::cout << "[ gpu      ] " << NcclProcessGroup::nccl_version() << ", " << group.size()
+            << " rank(s)" << std::endl;
+  const std::size_t chunk = 1 << 20;
+  std::vector<float> values(chunk * group.size());
+  for (std::size_t i = 0; i < values.size(); ++i) values[i] = static_cast<float>(i % 1000);
+  DeviceArray<float> buffer(values.size());
+  buffer.upload(values);
+  group.all_gather_in_place(buffer.span(ElementType::kFloat32));
+  EXPECT_EQ(buffer.download(), values);
+
+  DeviceArray<float> output(chunk);
+  group.reduce_scatter(buffer.span(ElementType::kFloat32), output.span(ElementType::kFloat32),
+                       ReduceOp::kSum);
+  std::vector<float> expected(values.begin() + group.rank() * chunk,
+                              values.begin() + (group.rank() + 1) * chunk);
+  for (float& value : expected) value *= group.size();
+  EXPECT_EQ(output.download(), expected);
+
+  // bfloat16 input reduced through float32 into a float32 output.
+  std::vector<std::uint16_t> words(chunk * group.size());
+  kernels::cast_on_host(values.data(), ElementType::kFloat32, words.data(), ElementType::kBFloat16,
+                        static_cast<std::int64_t>(words.size()));
+  DeviceArray<std::uint16_t> bf16(words.size());
+  bf16.upload(words);
+  group.reduce_scatter(bf16.span(ElementType::kBFloat16), output.span(ElementType::kFloat32),
+                       ReduceOp::kSum);
+  EXPECT_EQ(output.download(), expected);  // integers below 256 x ranks are exact
+  group.barrier();
+#else
+  GTEST_SKIP() << "built without NCCL";
+#endif
+}
+
+TEST(Gpu, StageWithCudaBuffersRestoresAndInspects) {
+  if (!has_gpu() || !testing::runtime().uses_nccl()) GTEST_SKIP() << "no NCCL process group";
+  if (!at::hasCUDA()) GTEST_SKIP() << "this libtorch was built without CUDA (Debian's is CPU-only)";
+  FsdpOptions options;
+  options.device = c10::Device(c10::DeviceType::CUDA, testing::runtime().cuda_device());
+  options.compute_dtype = at::kBFloat16;
+  Fsdp stage("decoder.0", {{"w", {300, 7}}, {"b", {7}}}, testing::runtime().process_group(), options);
+  for (const OwnedSlice& slice : stage.layout().owned_slices(stage.group().rank())) {
+    stage.weight_shard()
+        .narrow(0, slice.shard_range.begin, slice.shard_range.size())
+        .copy_(at::arange(slice.parameter_range.begin, slice.parameter_range.end).remainder(100));
+  }
+  stage.invalidate();
+  EXPECT_THROW(stage.parameter("w"), NotRestoredError);
+  const at::Tensor truth = read_parameter(stage, "w");
+  EXPECT_TRUE(truth.equal(at::arange(2100).remainder(100).to(at::kFloat).view({300, 7})));
+  stage.restore_parameters();
+  EXPECT_TRUE(stage.parameter("w").cpu().to(at::kFloat).equal(truth));
+}
+
+}  // namespace
+}  // namespace fsdp

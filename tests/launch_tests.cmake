@@ -1,0 +1,55 @@
+# Whole-program tests: the demo at every world size, its options, and what
+# happens when a rank fails. Each runs through expect_command.cmake, which
+# also fails the test on a hang.
+add_executable(failure-probe failure_probe.cpp)
+target_link_libraries(failure-probe PRIVATE fsdp_launch)
+set_target_properties(failure-probe PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
+
+function(fsdp_add_program_test name)
+  cmake_parse_arguments(ARG "" "EXIT;OUTPUT;ONCE;FORBID;TIMEOUT" "COMMAND" ${ARGN})
+  if(NOT ARG_TIMEOUT)
+    set(ARG_TIMEOUT 120)
+  endif()
+  string(REPLACE ";" "\\;" command "${ARG_COMMAND}")
+  add_test(NAME ${name}
+           COMMAND ${CMAKE_COMMAND} "-DCOMMAND=${command}" -DEXPECT_EXIT=${ARG_EXIT}
+                   "-DEXPECT_OUTPUT=${ARG_OUTPUT}" "-DEXPECT_ONCE=${ARG_ONCE}"
+                   "-DFORBID_OUTPUT=${ARG_FORBID}" -DTIMEOUT=${ARG_TIMEOUT}
+                   -P ${CMAKE_CURRENT_SOURCE_DIR}/expect_command.cmake)
+  set_tests_properties(${name} PROPERTIES LABELS program TIMEOUT 300)
+endfunction()
+
+set(train $<TARGET_FILE:fsdp-train>)
+set(probe $<TARGET_FILE:failure-probe>)
+
+# README's demo command, at every world size, and started without mpirun.
+foreach(ranks 1 2 3 4)
+  fsdp_add_program_test(demo_np${ranks} EXIT 0 COMMAND ${FSDP_MPIRUN} -np ${ranks} ${train}
+                        OUTPUT "equal to the inspector's values \\(in the compute dtype\\): yes"
+                        ONCE "stage.parameter\\(\\) refuses")
+endforeach()
+fsdp_add_program_test(demo_bfloat16_np3 EXIT 0
+                      COMMAND ${FSDP_MPIRUN} -np 3 ${train} --compute-dtype bfloat16 --inspect decoder.0.mlp.experts.gate_up_proj
+                      OUTPUT "compute dtype BFloat16.*: yes")
+fsdp_add_program_test(demo_without_mpirun EXIT 0 COMMAND ${train} OUTPUT "1 rank on 1 host.*: yes")
+
+# Options: help once, bad values once with exit status 2, on every world size.
+fsdp_add_program_test(demo_help EXIT 0 COMMAND ${FSDP_MPIRUN} -np 2 ${train} --help
+                      ONCE "Usage: mpirun -np N fsdp-train")
+fsdp_add_program_test(demo_bad_option EXIT 2 COMMAND ${FSDP_MPIRUN} -np 3 ${train} --compute-dtype int8
+                      ONCE "--compute-dtype int8 \\(expected float32 or bfloat16\\)")
+fsdp_add_program_test(demo_unknown_parameter EXIT nonzero
+                      COMMAND ${FSDP_MPIRUN} -np 2 ${train} --inspect decoder.9.weight
+                      OUTPUT "no parameter named 'decoder.9.weight'")
+fsdp_add_program_test(demo_nccl_without_gpu EXIT nonzero
+                      COMMAND ${FSDP_MPIRUN} -np 2 ${train} --backend nccl
+                      OUTPUT "backend nccl")
+
+# One rank's failure ends the whole job with its message, never a hang.
+fsdp_add_program_test(rank_failure_aborts_job EXIT nonzero TIMEOUT 60
+                      COMMAND ${FSDP_MPIRUN} -np 3 ${probe} --throw-on-rank 1
+                      OUTPUT "rank 1/3 on [^]]*\\] fatal: failure-probe: checkpoint shard 'model-00002.safetensors' is truncated"
+                      FORBID "rank 0 finished")
+fsdp_add_program_test(missing_peer_times_out EXIT nonzero TIMEOUT 60
+                      COMMAND ${FSDP_MPIRUN} -np 2 ${probe} --skip-on-rank 1 --collective-timeout 2
+                      OUTPUT "all_reduce\\(sum\\) of 1 int32 on rank 0/2 .* did not complete within 2")
