@@ -105,6 +105,7 @@ at::Tensor owned_weight_part(const Fsdp& fsdp, std::string_view name) {
   const ParameterSlot& slot = layout.parameter(name);
   const ElementRange shard = layout.shard_range(fsdp.group().rank());
   const ElementRange owned = intersect(slot.flat_range, shard);
+  if (owned.empty()) return fsdp.weight_shard().narrow(0, 0, 0);
   return fsdp.weight_shard().narrow(0, owned.begin - shard.begin, owned.size());
 }
 

@@ -91,11 +91,14 @@ class MpiWork final : public CollectiveWork {
 
   ~MpiWork() override {
     if (finished_) return;
+    // A collective cannot be cancelled, and MPI may still write into buffers
+    // that are about to be freed: the job must end. After a timeout, end it at
+    // once with that message rather than waiting out a second timeout.
+    if (!timeout_message_.empty()) group_.abort_job(timeout_message_);
     try {
       wait();
     } catch (const std::exception& error) {
-      group_.abort_job(std::string("a collective was abandoned while still running: ") +
-                       error.what());
+      group_.abort_job(error.what());
     }
   }
 
@@ -108,11 +111,11 @@ class MpiWork final : public CollectiveWork {
     const auto deadline = std::chrono::steady_clock::now() + group_.timeout();
     while (!poll()) {
       if (std::chrono::steady_clock::now() > deadline) {
-        throw CollectiveTimeoutError(
-            description() + " did not complete within " +
-            std::to_string(group_.timeout().count() / 1000.0) +
-            " s: a peer rank has probably failed, stopped early, or issued its collectives in a "
-            "different order");
+        timeout_message_ = description() + " did not complete within " +
+                           format_seconds(group_.timeout()) +
+                           ": a peer rank has probably failed, stopped early, or issued its "
+                           "collectives in a different order";
+        throw CollectiveTimeoutError(timeout_message_);
       }
       // Ranks are often oversubscribed (more ranks than cores): let the peers run.
       std::this_thread::yield();
@@ -137,6 +140,7 @@ class MpiWork final : public CollectiveWork {
   MpiProcessGroup& group_;
   MPI_Request request_ = MPI_REQUEST_NULL;
   std::function<void()> finish_;
+  std::string timeout_message_;  // set when a wait() gave up
   bool finished_ = false;
 };
 

@@ -216,8 +216,8 @@ void NcclProcessGroup::synchronize() {
     if (std::chrono::steady_clock::now() > deadline) {
       throw CollectiveTimeoutError(
           "NCCL collectives on " + rank_description() + " did not complete within " +
-          std::to_string(timeout().count() / 1000.0) +
-          " s: a peer rank has probably failed, stopped early, or issued its collectives in a "
+          format_seconds(timeout()) +
+          ": a peer rank has probably failed, stopped early, or issued its collectives in a "
           "different order");
     }
     std::this_thread::yield();

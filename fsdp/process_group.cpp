@@ -1,6 +1,6 @@
 #include "fsdp/process_group.h"
 
-#include "kernels/cast.h"
+#include <cstdio>
 
 namespace fsdp {
 namespace {
@@ -17,6 +17,12 @@ bool overlaps(TensorSpan a, TensorSpan b) {
 }
 
 }  // namespace
+
+std::string format_seconds(std::chrono::milliseconds duration) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%g s", duration.count() / 1000.0);
+  return text;
+}
 
 std::string_view reduce_op_name(ReduceOp op) {
   switch (op) {

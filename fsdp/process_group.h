@@ -51,7 +51,9 @@ class CommunicationError : public std::runtime_error {
 // Lifetime: the spans given to the collective must stay valid until wait()
 // returns (or is_completed() returns true). Destroying a work that was never
 // waited for waits for it first; if that times out the job is aborted, since a
-// destructor must neither throw nor block forever.
+// destructor must neither throw nor block forever. A collective cannot be
+// cancelled: destroying a work whose wait() timed out (and that has not
+// completed since) aborts the job with the timeout's message.
 class CollectiveWork {
  public:
   virtual ~CollectiveWork() = default;
@@ -155,6 +157,9 @@ class ProcessGroup {
   std::string host_;
   std::chrono::milliseconds timeout_;
 };
+
+// "0.3 s", "600 s": a duration for messages.
+std::string format_seconds(std::chrono::milliseconds duration);
 
 // The default collective timeout: ten minutes, as in PyTorch's process groups.
 inline constexpr std::chrono::milliseconds kDefaultCollectiveTimeout{10 * 60 * 1000};

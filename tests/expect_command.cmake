@@ -1,8 +1,9 @@
 # Runs one command and checks how it ended, for tests of whole programs.
-#   cmake -DCOMMAND="a;b;c" -DEXPECT_EXIT=0|nonzero|<n> [-DEXPECT_OUTPUT=regex]
+#   cmake -DCOMMAND="a@@b@@c" -DEXPECT_EXIT=0|nonzero|<n> [-DEXPECT_OUTPUT=regex]
 #         [-DEXPECT_ONCE=regex] [-DFORBID_OUTPUT=regex] [-DTIMEOUT=seconds] -P expect_command.cmake
 # stdout and stderr are checked together. A command still running after
 # TIMEOUT fails the test: for these tests, a hang is the bug.
+string(REPLACE "@@" ";" COMMAND "${COMMAND}")
 if(NOT TIMEOUT)
   set(TIMEOUT 120)
 endif()

@@ -162,7 +162,9 @@ TEST(Fsdp, InspectorReadsTheTruthWhileTheBufferHoldsZeros) {
     EXPECT_EQ(stats.abs_max, expected.abs().max().item<double>()) << name;
     EXPECT_EQ(stats.sum, expected.sum().item<double>()) << name;  // integers: exact in float64
     EXPECT_DOUBLE_EQ(stats.mean, expected.mean().item<double>()) << name;
-    if (expected.numel() > 1) EXPECT_NEAR(stats.std, expected.std().item<double>(), 1e-9 * stats.std) << name;
+    if (expected.numel() > 1) {
+      EXPECT_NEAR(stats.std, expected.std().item<double>(), 1e-9 * stats.std) << name;
+    }
   }
   // The buffer was never touched.
   EXPECT_FALSE(stage.is_restored());
@@ -199,7 +201,9 @@ TEST(Fsdp, PlacementsSayWhichRankHoldsWhat) {
     covered = piece.parameter_range.end;
   }
   EXPECT_EQ(covered, 210);
-  if (ranks() > 1) EXPECT_GT(placements.size(), 1u) << "alignment 4 should split it";
+  if (ranks() > 1) {
+    EXPECT_GT(placements.size(), 1u) << "alignment 4 should split it";
+  }
   const std::string text = describe_placements(stage.layout(), "experts.gate_up_proj");
   EXPECT_NE(text.find("rank " + std::to_string(placements.back().rank) + ": elements"), std::string::npos) << text;
   // The local part is a view of the shard.

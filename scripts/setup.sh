@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what the project needs and builds it into build/ (executables in build/bin/).
+# Idempotent: packages already installed are not fetched again, and the build is incremental.
+#
+# Dependencies, all Debian packages: libtorch, Open MPI, Boost.Program_options,
+# GoogleTest, nlohmann-json, CMake, Ninja. CUDA is optional: when nvcc is on
+# PATH or in /usr/local/cuda, the CUDA kernels and the NCCL backend are built too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(cmake ninja-build g++ libtorch-dev libopenmpi-dev openmpi-bin
+          libboost-program-options-dev libgtest-dev nlohmann-json3-dev)
+missing=()
+for package in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$package")
+  fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# CMake finds nvcc on PATH; the CUDA toolkit on these machines lives in /usr/local/cuda.
+if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ] && [ -z "${CUDACXX:-}" ]; then
+  export CUDACXX=/usr/local/cuda/bin/nvcc
+fi
+
+if [ ! -f build/CMakeCache.txt ]; then
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
+fi
+cmake --build build -j "$(nproc)"
