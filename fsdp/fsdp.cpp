@@ -47,10 +47,18 @@ Fsdp::Fsdp(std::string stage_name, std::vector<ParameterSpec> parameters,
                                 options_.device.str());
   }
   const auto on_device = at::TensorOptions().device(options_.device);
-  weight_shard_ = at::zeros({layout_.shard_numel()}, on_device.dtype(options_.shard_dtype));
-  gradient_shard_ = at::zeros({layout_.shard_numel()}, on_device.dtype(options_.shard_dtype));
   weight_buffer_ = at::zeros({layout_.padded_numel()}, on_device.dtype(options_.compute_dtype));
   gradient_buffer_ = at::zeros({layout_.padded_numel()}, on_device.dtype(options_.compute_dtype));
+  gradient_shard_ = at::zeros({layout_.shard_numel()}, on_device.dtype(options_.shard_dtype));
+  shard_aliases_buffer_ =
+      options_.shard_dtype == options_.compute_dtype && !options_.poison_released_buffer;
+  if (shard_aliases_buffer_) {
+    // Note [Shard aliasing]. variable_data(): the shard is not part of autograd's view of the buffer.
+    const ElementRange own = layout_.shard_range(group_->rank());
+    weight_shard_ = weight_buffer_.variable_data().narrow(0, own.begin, own.size());
+  } else {
+    weight_shard_ = at::zeros({layout_.shard_numel()}, on_device.dtype(options_.shard_dtype));
+  }
 
   parameter_views_.reserve(layout_.parameters().size());
   for (const ParameterSlot& slot : layout_.parameters()) {
@@ -76,8 +84,10 @@ void Fsdp::restore_parameters() {
   // inplace operation" errors. Reading stale or foreign values is what
   // assert_restored() exists to catch.
   at::Tensor buffer = weight_buffer_.variable_data();
-  const ElementRange own = layout_.shard_range(group_->rank());
-  buffer.narrow(0, own.begin, own.size()).copy_(weight_shard_);
+  if (!shard_aliases_buffer_) {
+    const ElementRange own = layout_.shard_range(group_->rank());
+    buffer.narrow(0, own.begin, own.size()).copy_(weight_shard_);
+  }
   with_stage_context(stage_name_, "restore_parameters",
                      [&] { group_->all_gather_in_place(span_of(buffer)); });
   restored_ = true;

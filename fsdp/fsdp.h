@@ -45,7 +45,8 @@ struct FsdpOptions {
   // Parameter views are autograd leaves whose gradients accumulate into the gradient buffer.
   bool requires_grad = true;
   // Debugging aid: release() fills the weight buffer with NaN, so that a stale
-  // view read after release is loud instead of silently old.
+  // view read after release is loud instead of silently old. Gives the stage a
+  // separate weight shard (see Note [Shard aliasing]).
   bool poison_released_buffer = false;
   std::int64_t alignment = kDefaultShardAlignment;
 };
@@ -85,7 +86,21 @@ class Fsdp {
   // This rank's shards: 1-D, layout().shard_numel() elements each. The weight
   // shard is the truth. Whoever writes it (initialiser, loader, optimizer) must
   // call invalidate() afterwards.
+  //
+  // Note [Shard aliasing]
+  // When the shard and compute dtypes are the same, the weight shard is a view
+  // of this rank's own slice of the weight buffer rather than separate memory:
+  // restore is then the in-place all-gather alone, with no copy (this is how
+  // Megatron's distributed optimizer shards fp32 parameters), and the stage
+  // holds one buffer's worth of weights instead of a buffer plus a shard. The
+  // rest of the buffer is still a cache valid only while restored. What this
+  // asks of callers: never write the buffer except through restore (writing a
+  // parameter view in place would change the truth for this rank's slice
+  // only). A stage whose buffer must be overwritten while released --
+  // poison_released_buffer here, buffers shared between stages later -- keeps
+  // a separate shard. shard_aliases_buffer() says which case holds.
   const at::Tensor& weight_shard() const { return weight_shard_; }
+  bool shard_aliases_buffer() const { return shard_aliases_buffer_; }
   const at::Tensor& gradient_shard() const { return gradient_shard_; }
   // The flat buffers: 1-D, layout().padded_numel() elements each.
   const at::Tensor& weight_buffer() const { return weight_buffer_; }
@@ -128,6 +143,7 @@ class Fsdp {
   at::Tensor weight_buffer_;
   at::Tensor gradient_buffer_;
   std::vector<at::Tensor> parameter_views_;
+  bool shard_aliases_buffer_ = false;
   bool restored_ = false;
 };
 

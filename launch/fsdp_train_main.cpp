@@ -3,7 +3,7 @@
 // what a parameter read before restore does, what the inspector reads from
 // the shards, and the restore that makes the parameters real.
 //
-//   mpirun -np 4 build/bin/fsdp-train [--hidden 64] [--compute-dtype bfloat16]
+//   mpirun -np 4 build/bin/fsdp-train [--hidden 64] [--compute-dtype float32]
 #include <ATen/ATen.h>
 
 #include <iostream>
@@ -80,10 +80,12 @@ int run_demo(fsdp::launch::Runtime& runtime, const po::variables_map& values) {
               << "where " << fsdp::describe_placements(layout, name) << "\n";
   }
 
-  // 1. Before restore: the parameter view holds zeros, and reading it through
-  //    the stage's accessor says so instead of returning them.
+  // 1. Before restore: the parameter's view of the buffer is not the weights
+  //    (zeros, unless this rank's own slice aliases its shard), and reading it
+  //    through the stage's accessor says so instead of returning it.
   const at::Tensor unchecked_view = stage.parameter_views()[layout.parameter_index(name)];
-  const double buffer_sum = unchecked_view.detach().to(at::kDouble).sum().item<double>();
+  const std::int64_t view_zeros =
+      unchecked_view.numel() - unchecked_view.detach().count_nonzero().item<std::int64_t>();
   std::string refusal;
   try {
     stage.parameter(name);
@@ -94,8 +96,9 @@ int run_demo(fsdp::launch::Runtime& runtime, const po::variables_map& values) {
   const fsdp::ParameterStatistics truth = fsdp::parameter_statistics(stage, name);
   const at::Tensor true_values = fsdp::read_parameter(stage, name);
   if (root) {
-    std::cout << "before restore_parameters():\n  buffer view sum = " << buffer_sum
-              << "  (the zeros of an unrestored buffer)\n  stage.parameter() refuses: "
+    std::cout << "before restore_parameters():\n  rank 0's view of the unrestored buffer: "
+              << view_zeros << " of " << unchecked_view.numel() << " elements are zero\n"
+              << "  stage.parameter() refuses: "
               << refusal << "\n  inspector (from the shards): " << statistics_line(truth)
               << "\n\n";
   }
@@ -123,13 +126,13 @@ int main(int argc, char** argv) {
                         "hidden size of the demo layer")(
       "experts", po::value<std::int64_t>()->default_value(4), "number of experts")(
       "compute-dtype",
-      po::value<std::string>()->default_value("float32")->notifier([](const std::string& dtype) {
+      po::value<std::string>()->default_value("bfloat16")->notifier([](const std::string& dtype) {
         if (dtype != "float32" && dtype != "bfloat16") {
           throw po::invalid_option_value("--compute-dtype " + dtype +
                                          " (expected float32 or bfloat16)");
         }
       }),
-      "dtype of the weight buffer: float32 or bfloat16")(
+      "dtype of the weight buffer (the parameters); the shards are float32")(
       "inspect", po::value<std::string>()->default_value("decoder.0.mlp.router.bias"),
       "the parameter to show");
   return fsdp::launch::run_program(

@@ -100,19 +100,49 @@ TEST(Fsdp, RestoreGivesExactValuesInEveryViewOnEveryRank) {
 }
 
 TEST(Fsdp, RestoreIsIdempotentAndInvalidateForcesANewOne) {
-  Fsdp stage("decoder.0", test_parameters(), group(), test_options());
-  fill_shard(stage, false);
+  // A bfloat16 buffer keeps a separate float32 shard, so a shard change is
+  // invisible in the buffer until the next real restore.
+  Fsdp stage("decoder.0", test_parameters(), group(), test_options(at::kBFloat16));
+  ASSERT_FALSE(stage.shard_aliases_buffer());
+  fill_shard(stage, true);
   stage.restore_parameters();
   // Change the shard without invalidating: a restored stage does not restore again.
   stage.weight_shard().add_(1);
   stage.restore_parameters();
-  expect_all_views_exact(stage, false);
+  expect_all_views_exact(stage, true);
   // After invalidate(), the next restore picks the change up everywhere.
   stage.invalidate();
   stage.restore_parameters();
   const std::size_t norm = stage.layout().parameter_index("norm");
   EXPECT_TRUE(stage.parameter("norm").to(at::kDouble).equal(
-      expected_parameter(stage.layout(), norm, false) + 1));
+      expected_parameter(stage.layout(), norm, true) + 1));
+}
+
+// Note [Shard aliasing]: with equal dtypes the shard is this rank's slice of
+// the buffer; otherwise (mixed precision, poisoning) it is memory of its own.
+TEST(Fsdp, ShardAliasesItsBufferSliceOnlyWhenDtypesMatch) {
+  Fsdp same("decoder.0", test_parameters(), group(), test_options());
+  ASSERT_TRUE(same.shard_aliases_buffer());
+  const ElementRange own = same.layout().shard_range(rank());
+  EXPECT_EQ(same.weight_shard().data_ptr(),
+            static_cast<char*>(same.weight_buffer().data_ptr()) + own.begin * sizeof(float));
+  fill_shard(same, false);
+  EXPECT_FALSE(same.is_restored());
+  same.restore_parameters();
+  expect_all_views_exact(same, false);
+  // The optimizer's path: update the shard, invalidate, restore.
+  same.weight_shard().add_(1);
+  same.invalidate();
+  same.restore_parameters();
+  EXPECT_TRUE(same.parameter("norm").to(at::kDouble).equal(
+      expected_parameter(same.layout(), same.layout().parameter_index("norm"), false) + 1));
+
+  Fsdp mixed("decoder.0", test_parameters(), group(), test_options(at::kBFloat16));
+  EXPECT_FALSE(mixed.shard_aliases_buffer());
+  EXPECT_EQ(mixed.weight_shard().scalar_type(), at::kFloat);
+  FsdpOptions poisoned = test_options();
+  poisoned.poison_released_buffer = true;
+  EXPECT_FALSE(Fsdp("decoder.0", test_parameters(), group(), poisoned).shard_aliases_buffer());
 }
 
 TEST(Fsdp, ReadingAnUnrestoredParameterNamesStageAndParameter) {
@@ -141,13 +171,17 @@ TEST(Fsdp, ReadingAnUnrestoredParameterNamesStageAndParameter) {
   }
 }
 
-TEST(Fsdp, InspectorReadsTheTruthWhileTheBufferHoldsZeros) {
-  Fsdp stage("decoder.0", test_parameters(), group(), test_options());
-  fill_shard(stage, false);
+// The seed-000 situation: weights loaded into the shards, buffer never
+// restored. The inspector must read the truth without touching the buffer.
+void check_inspector_reads_truth_before_restore(c10::ScalarType compute) {
+  SCOPED_TRACE(c10::toString(compute));
+  const bool bfloat16_exact = compute == at::kBFloat16;
+  Fsdp stage("decoder.0", test_parameters(), group(), test_options(compute));
+  fill_shard(stage, bfloat16_exact);
   const FlatLayout& layout = stage.layout();
   for (std::size_t p = 0; p < layout.parameters().size(); ++p) {
     const std::string& name = layout.parameters()[p].name;
-    const at::Tensor expected = expected_parameter(layout, p, false);
+    const at::Tensor expected = expected_parameter(layout, p, bfloat16_exact);
     const at::Tensor values = read_parameter(stage, name);
     EXPECT_EQ(values.sizes().vec(), layout.parameters()[p].shape) << name;
     EXPECT_TRUE(values.to(at::kDouble).equal(expected)) << name;
@@ -166,9 +200,20 @@ TEST(Fsdp, InspectorReadsTheTruthWhileTheBufferHoldsZeros) {
       EXPECT_NEAR(stats.std, expected.std().item<double>(), 1e-9 * stats.std) << name;
     }
   }
-  // The buffer was never touched.
+  // The buffer still holds zeros: all of it, or, when the shard aliases this
+  // rank's slice (Note [Shard aliasing]), everything outside that slice.
   EXPECT_FALSE(stage.is_restored());
-  EXPECT_EQ(stage.weight_buffer().count_nonzero().item<std::int64_t>(), 0);
+  at::Tensor not_gathered = stage.weight_buffer().clone();
+  if (stage.shard_aliases_buffer()) {
+    const ElementRange own = layout.shard_range(rank());
+    not_gathered.narrow(0, own.begin, own.size()).zero_();
+  }
+  EXPECT_EQ(not_gathered.count_nonzero().item<std::int64_t>(), 0);
+}
+
+TEST(Fsdp, InspectorReadsTheTruthWhileTheBufferHoldsZeros) {
+  check_inspector_reads_truth_before_restore(at::kBFloat16);
+  check_inspector_reads_truth_before_restore(at::kFloat);
 }
 
 TEST(Fsdp, InspectorCountsNaNAndInfWhereverTheyLive) {

@@ -30,9 +30,9 @@ foreach(ranks 1 2 3 4)
                         OUTPUT "equal to the inspector's values \\(in the compute dtype\\): yes"
                         ONCE "stage.parameter\\(\\) refuses")
 endforeach()
-fsdp_add_program_test(demo_bfloat16_np3 EXIT 0
-                      COMMAND ${FSDP_MPIRUN} -np 3 ${train} --compute-dtype bfloat16 --inspect decoder.0.mlp.experts.gate_up_proj
-                      OUTPUT "compute dtype BFloat16.*: yes")
+fsdp_add_program_test(demo_float32_np3 EXIT 0
+                      COMMAND ${FSDP_MPIRUN} -np 3 ${train} --compute-dtype float32 --inspect decoder.0.mlp.experts.gate_up_proj
+                      OUTPUT "compute dtype Float\n.*: yes")
 fsdp_add_program_test(demo_without_mpirun EXIT 0 COMMAND ${train} OUTPUT "1 rank on 1 host.*: yes")
 
 # Options: help once, bad values once with exit status 2, on every world size.
