@@ -1,5 +1,6 @@
 #include "fsdp/mpi_process_group.h"
 
+#include <algorithm>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -78,14 +79,13 @@ int mpi_count(std::int64_t count, const std::string& description) {
   return static_cast<int>(count);
 }
 
-std::unique_ptr<float[]> float32_copy(TensorSpan span) {
-  std::unique_ptr<float[]> copy(new float[span.numel > 0 ? span.numel : 1]);
-  kernels::cast_on_host(span.data, span.type, copy.get(), ElementType::kFloat32, span.numel);
-  return copy;
-}
-
+// A collective run as a sequence of non-blocking MPI operations ("pieces"),
+// one in flight at a time; most collectives are a single piece.
 class MpiWork final : public CollectiveWork {
  public:
+  using StartPiece = std::function<void(std::int64_t piece, MPI_Request* request)>;
+  using FinishPiece = std::function<void(std::int64_t piece)>;
+
   MpiWork(MpiProcessGroup& group, std::string description)
       : CollectiveWork(std::move(description)), group_(group) {}
 
@@ -102,9 +102,18 @@ class MpiWork final : public CollectiveWork {
     }
   }
 
-  MPI_Request* request() { return &request_; }
-  // Runs once, on completion: casts results back, divides averages, frees staging.
-  void set_finish(std::function<void()> finish) { finish_ = std::move(finish); }
+  // Starts piece 0 now; each later piece starts when the previous one has
+  // completed and been finished. `finish` may be empty.
+  void run(std::int64_t pieces, StartPiece start, FinishPiece finish = {}) {
+    piece_count_ = pieces;
+    start_ = std::move(start);
+    finish_ = std::move(finish);
+    if (piece_count_ == 0) {
+      finished_ = true;
+      return;
+    }
+    start_(0, &request_);
+  }
 
   void wait() override {
     if (finished_) return;
@@ -125,24 +134,37 @@ class MpiWork final : public CollectiveWork {
   bool is_completed() override { return finished_ || poll(); }
 
  private:
+  // Advances through every piece that has completed; true once all have.
   bool poll() {
-    int done = 0;
-    FSDP_MPI_CHECK(MPI_Test(&request_, &done, MPI_STATUS_IGNORE));
-    if (!done) return false;
-    finished_ = true;
-    if (finish_) {
-      auto finish = std::move(finish_);
-      finish();
+    while (!finished_) {
+      int done = 0;
+      FSDP_MPI_CHECK(MPI_Test(&request_, &done, MPI_STATUS_IGNORE));
+      if (!done) return false;
+      if (finish_) finish_(piece_);
+      if (++piece_ == piece_count_) {
+        finished_ = true;
+        start_ = nullptr;  // releases staging memory the pieces captured
+        finish_ = nullptr;
+      } else {
+        start_(piece_, &request_);
+      }
     }
     return true;
   }
 
   MpiProcessGroup& group_;
   MPI_Request request_ = MPI_REQUEST_NULL;
-  std::function<void()> finish_;
+  StartPiece start_;
+  FinishPiece finish_;
+  std::int64_t piece_ = 0;
+  std::int64_t piece_count_ = 0;
   std::string timeout_message_;  // set when a wait() gave up
   bool finished_ = false;
 };
+
+std::int64_t pieces_for(std::int64_t count, std::int64_t piece_size) {
+  return piece_size > 0 ? (count + piece_size - 1) / piece_size : 0;
+}
 
 }  // namespace
 
@@ -151,6 +173,14 @@ MpiProcessGroup::MpiProcessGroup(MPI_Comm communicator, std::chrono::millisecond
   FSDP_MPI_CHECK(MPI_Comm_dup(communicator, &communicator_));
   // Errors come back as codes, so they can be reported with the call and the rank.
   FSDP_MPI_CHECK(MPI_Comm_set_errhandler(communicator_, MPI_ERRORS_RETURN));
+}
+
+void MpiProcessGroup::set_staging_elements(std::int64_t elements) {
+  if (elements < 1) {
+    throw std::invalid_argument("staging size must be at least 1 element, got " +
+                                std::to_string(elements));
+  }
+  staging_elements_ = elements;
 }
 
 MpiProcessGroup::~MpiProcessGroup() {
@@ -172,47 +202,69 @@ ProcessGroup::Work MpiProcessGroup::start_all_gather_in_place(TensorSpan buffer,
   const int count = mpi_count(buffer.numel / size(), description);
   auto work = std::make_unique<MpiWork>(*this, std::move(description));
   const MPI_Datatype type = datatype_for_moving(buffer.type);
-  FSDP_MPI_CHECK(MPI_Iallgather(MPI_IN_PLACE, 0, type, buffer.data, count, type, communicator_,
-                                work->request()));
+  work->run(1, [=](std::int64_t, MPI_Request* request) {
+    FSDP_MPI_CHECK(MPI_Iallgather(MPI_IN_PLACE, 0, type, buffer.data, count, type, communicator_,
+                                  request));
+  });
   return work;
 }
 
 ProcessGroup::Work MpiProcessGroup::start_reduce_scatter(TensorSpan input, TensorSpan output,
                                                          ReduceOp op, std::string description) {
-  const int count = mpi_count(output.numel, description);
+  const std::int64_t chunk = output.numel;  // elements each rank receives
+  const int count = mpi_count(chunk, description);
   auto work = std::make_unique<MpiWork>(*this, std::move(description));
   const int ranks = size();
+  const MPI_Op reduction = mpi_op(op);
   if (!is_half_precision(input.type)) {
     const MPI_Datatype type = datatype_for_moving(input.type);
-    FSDP_MPI_CHECK(MPI_Ireduce_scatter_block(input.data, output.data, count, type, mpi_op(op),
-                                             communicator_, work->request()));
-    if (op == ReduceOp::kAverage) {
-      work->set_finish([output, ranks] {
-        kernels::divide_on_host(output.data, output.type, output.numel, ranks);
-      });
-    }
+    work->run(
+        1,
+        [=](std::int64_t, MPI_Request* request) {
+          FSDP_MPI_CHECK(MPI_Ireduce_scatter_block(input.data, output.data, count, type, reduction,
+                                                   communicator_, request));
+        },
+        [=](std::int64_t) {
+          if (op == ReduceOp::kAverage) {
+            kernels::divide_on_host(output.data, output.type, output.numel, ranks);
+          }
+        });
     return work;
   }
-  // 16-bit floats: reduce in float32, round once at the end (if the output is 16-bit).
-  std::shared_ptr<float[]> input32 = float32_copy(input);
-  std::shared_ptr<float[]> output32;
-  float* reduced = static_cast<float*>(output.data);
-  if (output.type != ElementType::kFloat32) {
-    output32.reset(new float[count > 0 ? count : 1]);
-    reduced = output32.get();
-  }
-  FSDP_MPI_CHECK(MPI_Ireduce_scatter_block(input32.get(), reduced, count, MPI_FLOAT, mpi_op(op),
-                                           communicator_, work->request()));
-  work->set_finish([input32, output32, reduced, output, op, ranks]() mutable {
-    if (op == ReduceOp::kAverage) {
-      kernels::divide_on_host(reduced, ElementType::kFloat32, output.numel, ranks);
-    }
-    if (output32) {
-      kernels::cast_on_host(reduced, ElementType::kFloat32, output.data, output.type, output.numel);
-    }
-    input32.reset();
-    output32.reset();
-  });
+  // 16-bit input: piece k reduces elements [k * piece, (k + 1) * piece) of
+  // every rank's chunk, gathered and widened into a float32 staging area, into
+  // the same elements of the output (float32 directly, or through staging).
+  const std::int64_t piece = std::max<std::int64_t>(1, std::min(chunk, staging_elements_ / ranks));
+  auto staging_in = std::shared_ptr<float[]>(new float[piece * ranks]);
+  const bool output_is_float32 = output.type == ElementType::kFloat32;
+  auto staging_out = std::shared_ptr<float[]>(output_is_float32 ? nullptr : new float[piece]);
+  auto piece_length = [=](std::int64_t k) { return std::min(piece, chunk - k * piece); };
+  work->run(
+      pieces_for(chunk, piece),
+      [=](std::int64_t k, MPI_Request* request) {
+        const std::int64_t length = piece_length(k);
+        for (int r = 0; r < ranks; ++r) {
+          const TensorSpan source = input.slice(r * chunk + k * piece, length);
+          kernels::cast_on_host(source.data, source.type, staging_in.get() + r * length,
+                                ElementType::kFloat32, length);
+        }
+        float* reduced = output_is_float32 ? static_cast<float*>(output.slice(k * piece, length).data)
+                                           : staging_out.get();
+        FSDP_MPI_CHECK(MPI_Ireduce_scatter_block(staging_in.get(), reduced, static_cast<int>(length),
+                                                 MPI_FLOAT, reduction, communicator_, request));
+      },
+      [=](std::int64_t k) {
+        const std::int64_t length = piece_length(k);
+        const TensorSpan destination = output.slice(k * piece, length);
+        float* reduced = output_is_float32 ? static_cast<float*>(destination.data) : staging_out.get();
+        if (op == ReduceOp::kAverage) {
+          kernels::divide_on_host(reduced, ElementType::kFloat32, length, ranks);
+        }
+        if (!output_is_float32) {
+          kernels::cast_on_host(reduced, ElementType::kFloat32, destination.data, destination.type,
+                                length);
+        }
+      });
   return work;
 }
 
@@ -221,28 +273,43 @@ ProcessGroup::Work MpiProcessGroup::start_all_reduce(TensorSpan buffer, ReduceOp
   const int count = mpi_count(buffer.numel, description);
   auto work = std::make_unique<MpiWork>(*this, std::move(description));
   const int ranks = size();
+  const MPI_Op reduction = mpi_op(op);
   if (!is_half_precision(buffer.type)) {
-    FSDP_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buffer.data, count,
-                                  datatype_for_moving(buffer.type), mpi_op(op), communicator_,
-                                  work->request()));
-    if (op == ReduceOp::kAverage) {
-      work->set_finish([buffer, ranks] {
-        kernels::divide_on_host(buffer.data, buffer.type, buffer.numel, ranks);
-      });
-    }
+    const MPI_Datatype type = datatype_for_moving(buffer.type);
+    work->run(
+        1,
+        [=](std::int64_t, MPI_Request* request) {
+          FSDP_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buffer.data, count, type, reduction,
+                                        communicator_, request));
+        },
+        [=](std::int64_t) {
+          if (op == ReduceOp::kAverage) {
+            kernels::divide_on_host(buffer.data, buffer.type, buffer.numel, ranks);
+          }
+        });
     return work;
   }
-  std::shared_ptr<float[]> values32 = float32_copy(buffer);
-  FSDP_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, values32.get(), count, MPI_FLOAT, mpi_op(op),
-                                communicator_, work->request()));
-  work->set_finish([values32, buffer, op, ranks]() mutable {
-    if (op == ReduceOp::kAverage) {
-      kernels::divide_on_host(values32.get(), ElementType::kFloat32, buffer.numel, ranks);
-    }
-    kernels::cast_on_host(values32.get(), ElementType::kFloat32, buffer.data, buffer.type,
-                          buffer.numel);
-    values32.reset();
-  });
+  // 16-bit: contiguous pieces, each widened, reduced in float32 and rounded back once.
+  const std::int64_t piece = std::max<std::int64_t>(1, std::min(buffer.numel, staging_elements_));
+  auto staging = std::shared_ptr<float[]>(new float[piece]);
+  auto piece_of = [=](std::int64_t k) {
+    return buffer.slice(k * piece, std::min(piece, buffer.numel - k * piece));
+  };
+  work->run(
+      pieces_for(buffer.numel, piece),
+      [=](std::int64_t k, MPI_Request* request) {
+        const TensorSpan part = piece_of(k);
+        kernels::cast_on_host(part.data, part.type, staging.get(), ElementType::kFloat32, part.numel);
+        FSDP_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, staging.get(), static_cast<int>(part.numel),
+                                      MPI_FLOAT, reduction, communicator_, request));
+      },
+      [=](std::int64_t k) {
+        const TensorSpan part = piece_of(k);
+        if (op == ReduceOp::kAverage) {
+          kernels::divide_on_host(staging.get(), ElementType::kFloat32, part.numel, ranks);
+        }
+        kernels::cast_on_host(staging.get(), ElementType::kFloat32, part.data, part.type, part.numel);
+      });
   return work;
 }
 
@@ -250,14 +317,18 @@ ProcessGroup::Work MpiProcessGroup::start_broadcast(TensorSpan buffer, int root,
                                                     std::string description) {
   const int count = mpi_count(buffer.numel, description);
   auto work = std::make_unique<MpiWork>(*this, std::move(description));
-  FSDP_MPI_CHECK(MPI_Ibcast(buffer.data, count, datatype_for_moving(buffer.type), root,
-                            communicator_, work->request()));
+  const MPI_Datatype type = datatype_for_moving(buffer.type);
+  work->run(1, [=](std::int64_t, MPI_Request* request) {
+    FSDP_MPI_CHECK(MPI_Ibcast(buffer.data, count, type, root, communicator_, request));
+  });
   return work;
 }
 
 ProcessGroup::Work MpiProcessGroup::start_barrier(std::string description) {
   auto work = std::make_unique<MpiWork>(*this, std::move(description));
-  FSDP_MPI_CHECK(MPI_Ibarrier(communicator_, work->request()));
+  work->run(1, [this](std::int64_t, MPI_Request* request) {
+    FSDP_MPI_CHECK(MPI_Ibarrier(communicator_, request));
+  });
   return work;
 }
 

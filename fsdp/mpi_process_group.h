@@ -26,6 +26,15 @@ class MpiProcessGroup final : public ProcessGroup {
   MemoryLocation memory_location() const override { return MemoryLocation::kHost; }
   MPI_Comm communicator() const { return communicator_; }
 
+  // bfloat16 and float16 are reduced in float32 through a staging area of at
+  // most this many float32 elements per collective, one piece at a time: a
+  // full-size float32 copy would double the memory of the buffer being reduced,
+  // against DESIGN.md's bound (shards + live buffers + a bounded chunk).
+  static constexpr std::int64_t kDefaultStagingElements = std::int64_t{1} << 22;  // 16 MiB
+  std::int64_t staging_elements() const { return staging_elements_; }
+  // For tuning, and for tests that need many pieces. REQUIRES: elements >= 1.
+  void set_staging_elements(std::int64_t elements);
+
   [[noreturn]] void abort_job(std::string_view message) override;
 
  private:
@@ -37,6 +46,7 @@ class MpiProcessGroup final : public ProcessGroup {
   Work start_barrier(std::string description) override;
 
   MPI_Comm communicator_ = MPI_COMM_NULL;
+  std::int64_t staging_elements_ = kDefaultStagingElements;
 };
 
 }  // namespace fsdp

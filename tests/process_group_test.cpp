@@ -111,6 +111,45 @@ TEST(MpiProcessGroup, ReduceScatterBFloat16SumsInFloat32) {
   for (std::uint16_t word : output16) ASSERT_EQ(from_word<c10::BFloat16>(word), expected_average);
 }
 
+// Memory stays bounded: 16-bit reductions go through a float32 staging area of
+// staging_elements(), piece by piece. A tiny staging size makes many uneven
+// pieces; the results must not change.
+TEST(MpiProcessGroup, SixteenBitReductionsInManySmallPieces) {
+  auto& mpi = *testing::runtime().host_group();
+  const std::int64_t saved = mpi.staging_elements();
+  const int ranks = group().size();
+  const std::int64_t chunk = 101;  // not a multiple of any piece size used
+  std::vector<float> values(chunk * ranks);
+  for (std::int64_t i = 0; i < chunk * ranks; ++i) values[i] = crafted(group().rank(), i);
+  const std::vector<std::uint16_t> input = as_words<c10::BFloat16>(values);
+  for (std::int64_t staging : {1, 7, 64, 1 << 22}) {
+    SCOPED_TRACE("staging elements " + std::to_string(staging));
+    mpi.set_staging_elements(staging);
+    std::vector<std::uint16_t> in = input;
+    std::vector<float> output(chunk, -1.0f);
+    group().reduce_scatter(host_span_16bit(in, ElementType::kBFloat16), host_span(output),
+                           ReduceOp::kSum);
+    std::vector<std::uint16_t> output16(chunk, 0);
+    group().reduce_scatter(host_span_16bit(in, ElementType::kBFloat16),
+                           host_span_16bit(output16, ElementType::kBFloat16), ReduceOp::kAverage);
+    std::vector<std::uint16_t> all = input;
+    group().all_reduce(host_span_16bit(all, ElementType::kBFloat16), ReduceOp::kMax);
+    for (std::int64_t i = 0; i < chunk; ++i) {
+      const std::int64_t global = group().rank() * chunk + i;
+      float sum = 0;
+      for (int r = 0; r < ranks; ++r) sum += crafted(r, global);
+      ASSERT_EQ(output[i], sum) << i;
+      ASSERT_EQ(from_word<c10::BFloat16>(output16[i]), static_cast<float>(c10::BFloat16(sum / ranks)))
+          << i;
+    }
+    for (std::int64_t i = 0; i < chunk * ranks; ++i) {
+      ASSERT_EQ(from_word<c10::BFloat16>(all[i]), crafted(ranks - 1, i)) << i;
+    }
+  }
+  mpi.set_staging_elements(saved);
+  EXPECT_THROW(mpi.set_staging_elements(0), std::invalid_argument);
+}
+
 TEST(MpiProcessGroup, AllReduceOpsAndTypes) {
   const int ranks = group().size();
   std::vector<double> values = {1.0 * group().rank(), -2.0 * group().rank(), 3.0};
