@@ -48,8 +48,9 @@ std::vector<CollectiveBenchResult> run_collective_bench(launch::Runtime& runtime
     throw std::invalid_argument("unknown benchmark case '" + options.case_name + "'");
   }
   if (runtime.uses_nccl()) {
-    throw std::invalid_argument("the restore/reduce cases compare against raw MPI and run on the "
-                                "MPI backend; run with --backend mpi");
+    throw std::invalid_argument(
+        "the restore/reduce cases compare against raw MPI and run on the "
+        "MPI backend; run with --backend mpi");
   }
   const c10::ScalarType dtype = options.compute_dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
   const MPI_Comm communicator = runtime.host_group()->communicator();

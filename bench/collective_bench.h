@@ -13,7 +13,7 @@
 namespace fsdp::bench {
 
 struct CollectiveBenchOptions {
-  std::string case_name;                 // "restore" or "reduce"
+  std::string case_name;                   // "restore" or "reduce"
   std::vector<std::int64_t> buffer_bytes;  // stage buffer sizes to measure
   std::string compute_dtype = "float32";   // float32 or bfloat16
   int warmup_iterations = 2;

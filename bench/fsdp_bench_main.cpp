@@ -47,9 +47,9 @@ void print_table(const std::vector<fsdp::bench::CollectiveBenchResult>& results)
   std::printf("%12s %12s %10s %10s %12s %10s %8s\n", "size(B)", "time(us)", "algbw", "busbw",
               "raw time(us)", "raw busbw", "ratio");
   for (const auto& r : results) {
-    std::printf("%12lld %12.1f %10.3f %10.3f %12.1f %10.3f %8.3f\n", static_cast<long long>(r.bytes),
-                r.time_seconds * 1e6, r.algbw_gbps(), r.busbw_gbps(), r.raw_time_seconds * 1e6,
-                r.raw_busbw_gbps(), r.ratio());
+    std::printf("%12lld %12.1f %10.3f %10.3f %12.1f %10.3f %8.3f\n",
+                static_cast<long long>(r.bytes), r.time_seconds * 1e6, r.algbw_gbps(),
+                r.busbw_gbps(), r.raw_time_seconds * 1e6, r.raw_busbw_gbps(), r.ratio());
   }
   std::printf("# bandwidths in GB/s (decimal); ratio = raw time / our time\n");
 }
@@ -109,7 +109,8 @@ int main(int argc, char** argv) {
       "compute-dtype",
       po::value<std::string>()->default_value("float32")->notifier([](const std::string& d) {
         if (d != "float32" && d != "bfloat16") {
-          throw po::invalid_option_value("--compute-dtype " + d + " (expected float32 or bfloat16)");
+          throw po::invalid_option_value("--compute-dtype " + d +
+                                         " (expected float32 or bfloat16)");
         }
       }),
       "dtype of the stage buffers")("iterations", po::value<int>()->default_value(10),

@@ -58,23 +58,24 @@ FlatLayout::FlatLayout(std::vector<ParameterSpec> parameters, int world_size,
     const std::int64_t numel = checked_numel(spec);
     std::int64_t end = 0;
     if (__builtin_add_overflow(offset, numel, &end)) {
-      throw std::invalid_argument("flat layout: the stage's total element count overflows int64 at '" +
-                                  spec.name + "'");
+      throw std::invalid_argument(
+          "flat layout: the stage's total element count overflows int64 at '" + spec.name + "'");
     }
     if (!index_by_name_.emplace(spec.name, parameters_.size()).second) {
       throw std::invalid_argument("flat layout: parameter '" + spec.name +
                                   "' is declared twice in the same stage");
     }
-    parameters_.push_back(
-        ParameterSlot{std::move(spec.name), std::move(spec.shape), spec.dtype, numel, {offset, end}});
+    parameters_.push_back(ParameterSlot{
+        std::move(spec.name), std::move(spec.shape), spec.dtype, numel, {offset, end}});
     offset = end;
   }
   unpadded_numel_ = offset;
   std::int64_t unit = 0;
   if (__builtin_mul_overflow(static_cast<std::int64_t>(world_size), alignment, &unit) ||
       unpadded_numel_ > INT64_MAX - (unit - 1)) {
-    throw std::invalid_argument("flat layout: padding " + std::to_string(unpadded_numel_) +
-                                " elements to a multiple of world size x alignment overflows int64");
+    throw std::invalid_argument(
+        "flat layout: padding " + std::to_string(unpadded_numel_) +
+        " elements to a multiple of world size x alignment overflows int64");
   }
   padded_numel_ = (unpadded_numel_ + unit - 1) / unit * unit;
   shard_numel_ = padded_numel_ / world_size;
@@ -133,10 +134,11 @@ std::vector<OwnedSlice> FlatLayout::owned_slices(int rank) const {
   for (auto it = first; it != parameters_.end() && it->flat_range.begin < shard.end; ++it) {
     const ElementRange overlap = intersect(it->flat_range, shard);
     if (overlap.empty()) continue;  // zero-element parameters own nothing
-    slices.push_back(OwnedSlice{
-        static_cast<std::size_t>(it - parameters_.begin()), rank,
-        {overlap.begin - it->flat_range.begin, overlap.end - it->flat_range.begin},
-        {overlap.begin - shard.begin, overlap.end - shard.begin}});
+    slices.push_back(
+        OwnedSlice{static_cast<std::size_t>(it - parameters_.begin()),
+                   rank,
+                   {overlap.begin - it->flat_range.begin, overlap.end - it->flat_range.begin},
+                   {overlap.begin - shard.begin, overlap.end - shard.begin}});
   }
   return slices;
 }
@@ -155,10 +157,11 @@ std::vector<OwnedSlice> FlatLayout::placements(std::size_t parameter_index) cons
   for (int rank = first_rank; rank <= last_rank; ++rank) {
     const ElementRange shard = shard_range(rank);
     const ElementRange overlap = intersect(slot.flat_range, shard);
-    slices.push_back(OwnedSlice{parameter_index, rank,
-                                {overlap.begin - slot.flat_range.begin,
-                                 overlap.end - slot.flat_range.begin},
-                                {overlap.begin - shard.begin, overlap.end - shard.begin}});
+    slices.push_back(
+        OwnedSlice{parameter_index,
+                   rank,
+                   {overlap.begin - slot.flat_range.begin, overlap.end - slot.flat_range.begin},
+                   {overlap.begin - shard.begin, overlap.end - shard.begin}});
   }
   return slices;
 }

@@ -43,8 +43,8 @@ Fsdp::Fsdp(std::string stage_name, std::vector<ParameterSpec> parameters,
   if (options_.device.is_cuda() != wants_cuda) {
     throw std::invalid_argument("stage '" + stage_name_ + "': the " +
                                 std::string(group_->backend_name()) + " process group needs " +
-                                (wants_cuda ? "a CUDA device" : "the CPU") + ", but the stage is on " +
-                                options_.device.str());
+                                (wants_cuda ? "a CUDA device" : "the CPU") +
+                                ", but the stage is on " + options_.device.str());
   }
   const auto on_device = at::TensorOptions().device(options_.device);
   weight_buffer_ = at::zeros({layout_.padded_numel()}, on_device.dtype(options_.compute_dtype));
@@ -53,7 +53,8 @@ Fsdp::Fsdp(std::string stage_name, std::vector<ParameterSpec> parameters,
   shard_aliases_buffer_ =
       options_.shard_dtype == options_.compute_dtype && !options_.poison_released_buffer;
   if (shard_aliases_buffer_) {
-    // Note [Shard aliasing]. variable_data(): the shard is not part of autograd's view of the buffer.
+    // Note [Shard aliasing]. variable_data(): the shard is not part of autograd's view of the
+    // buffer.
     const ElementRange own = layout_.shard_range(group_->rank());
     weight_shard_ = weight_buffer_.variable_data().narrow(0, own.begin, own.size());
   } else {
@@ -119,16 +120,16 @@ at::Tensor Fsdp::parameter(std::string_view name) const {
 void Fsdp::zero_gradient_buffer() { gradient_buffer_.variable_data().zero_(); }
 
 void Fsdp::reduce_gradients(GradientReduction reduction, GradientUpdate update) {
-  const ReduceOp op = reduction == GradientReduction::kAverage ? ReduceOp::kAverage : ReduceOp::kSum;
+  const ReduceOp op =
+      reduction == GradientReduction::kAverage ? ReduceOp::kAverage : ReduceOp::kSum;
   const at::Tensor input = gradient_buffer_.variable_data();
   const at::Tensor shard = gradient_shard_.variable_data();
   // The process group reduces 16-bit input straight into a float32 output; any
   // other dtype pairing, and accumulation, goes through a shard-sized temporary.
   const bool direct_output =
-      update == GradientUpdate::kOverwrite &&
-      (options_.shard_dtype == options_.compute_dtype ||
-       (c10::elementSize(options_.compute_dtype) == 2 &&
-        options_.shard_dtype == c10::ScalarType::Float));
+      update == GradientUpdate::kOverwrite && (options_.shard_dtype == options_.compute_dtype ||
+                                               (c10::elementSize(options_.compute_dtype) == 2 &&
+                                                options_.shard_dtype == c10::ScalarType::Float));
   with_stage_context(stage_name_, "reduce_gradients", [&] {
     if (direct_output) {
       group_->reduce_scatter(span_of(input), span_of(shard), op);

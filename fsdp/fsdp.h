@@ -1,7 +1,8 @@
 // The per-stage FSDP object: a stage's sharded weights and gradients.
 //
 //   weight shard (this rank's slice of every weight, shard dtype, the truth)
-//        | restore_parameters(): cast into this rank's slice of the buffer, then all-gather in place
+//        | restore_parameters(): cast into this rank's slice of the buffer, then all-gather in
+//        place
 //        v
 //   weight buffer (room for all of the stage's weights, compute dtype, zeroed at creation)
 //        | views

@@ -18,11 +18,16 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr int kPartialFields = 11;
 
 std::vector<double> to_row(const PartialStatistics& part) {
-  return {static_cast<double>(part.numel),         static_cast<double>(part.nan_count),
-          static_cast<double>(part.inf_count),     static_cast<double>(part.nonzero_count),
-          static_cast<double>(part.value_count),   part.sum,
-          part.mean,                               part.squared_deviations,
-          part.min,                                part.max,
+  return {static_cast<double>(part.numel),
+          static_cast<double>(part.nan_count),
+          static_cast<double>(part.inf_count),
+          static_cast<double>(part.nonzero_count),
+          static_cast<double>(part.value_count),
+          part.sum,
+          part.mean,
+          part.squared_deviations,
+          part.min,
+          part.max,
           part.abs_max};
 }
 
@@ -129,8 +134,8 @@ at::Tensor read_parameter(const Fsdp& fsdp, std::string_view name) {
 ParameterStatistics parameter_statistics(const Fsdp& fsdp, std::string_view name) {
   const ProcessGroup& group = fsdp.group();
   const std::vector<double> own_row = to_row(partial_statistics(owned_weight_part(fsdp, name)));
-  at::Tensor rows = at::zeros({group.size() * kPartialFields},
-                              fsdp.weight_shard().options().dtype(at::kDouble));
+  at::Tensor rows =
+      at::zeros({group.size() * kPartialFields}, fsdp.weight_shard().options().dtype(at::kDouble));
   rows.narrow(0, group.rank() * kPartialFields, kPartialFields)
       .copy_(at::tensor(own_row, at::kDouble));
   fsdp.group().all_gather_in_place(span_of(rows));
@@ -150,11 +155,10 @@ std::vector<OwnedSlice> parameter_placements(const FlatLayout& layout, std::stri
 std::string describe_placements(const FlatLayout& layout, std::string_view name) {
   const ParameterSlot& slot = layout.parameter(name);
   std::ostringstream text;
-  text << "'" << slot.name << "': " << slot.numel << " elements at flat ["
-       << slot.flat_range.begin << ", " << slot.flat_range.end << ") of "
-       << layout.unpadded_numel() << " (+" << layout.padded_numel() - layout.unpadded_numel()
-       << " padding), shard size " << layout.shard_numel() << " x " << layout.world_size()
-       << " ranks\n";
+  text << "'" << slot.name << "': " << slot.numel << " elements at flat [" << slot.flat_range.begin
+       << ", " << slot.flat_range.end << ") of " << layout.unpadded_numel() << " (+"
+       << layout.padded_numel() - layout.unpadded_numel() << " padding), shard size "
+       << layout.shard_numel() << " x " << layout.world_size() << " ranks\n";
   for (const OwnedSlice& piece : parameter_placements(layout, name)) {
     text << "  rank " << piece.rank << ": elements [" << piece.parameter_range.begin << ", "
          << piece.parameter_range.end << ") at shard offsets [" << piece.shard_range.begin << ", "

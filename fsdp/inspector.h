@@ -27,9 +27,9 @@ struct ParameterStatistics {
   std::int64_t inf_count = 0;
   std::int64_t nonzero_count = 0;  // elements != 0, NaN included
   double sum = 0;
-  double mean = 0;       // NaN when there is no non-NaN element
-  double std = 0;        // sample standard deviation (n - 1), as torch.std; 0 for one value
-  double min = 0;        // min, max and abs_max are NaN when there is no non-NaN element
+  double mean = 0;  // NaN when there is no non-NaN element
+  double std = 0;   // sample standard deviation (n - 1), as torch.std; 0 for one value
+  double min = 0;   // min, max and abs_max are NaN when there is no non-NaN element
   double max = 0;
   double abs_max = 0;
 };

@@ -203,8 +203,8 @@ ProcessGroup::Work MpiProcessGroup::start_all_gather_in_place(TensorSpan buffer,
   auto work = std::make_unique<MpiWork>(*this, std::move(description));
   const MPI_Datatype type = datatype_for_moving(buffer.type);
   work->run(1, [=](std::int64_t, MPI_Request* request) {
-    FSDP_MPI_CHECK(MPI_Iallgather(MPI_IN_PLACE, 0, type, buffer.data, count, type, communicator_,
-                                  request));
+    FSDP_MPI_CHECK(
+        MPI_Iallgather(MPI_IN_PLACE, 0, type, buffer.data, count, type, communicator_, request));
   });
   return work;
 }
@@ -248,15 +248,18 @@ ProcessGroup::Work MpiProcessGroup::start_reduce_scatter(TensorSpan input, Tenso
           kernels::cast_on_host(source.data, source.type, staging_in.get() + r * length,
                                 ElementType::kFloat32, length);
         }
-        float* reduced = output_is_float32 ? static_cast<float*>(output.slice(k * piece, length).data)
-                                           : staging_out.get();
-        FSDP_MPI_CHECK(MPI_Ireduce_scatter_block(staging_in.get(), reduced, static_cast<int>(length),
-                                                 MPI_FLOAT, reduction, communicator_, request));
+        float* reduced = output_is_float32
+                             ? static_cast<float*>(output.slice(k * piece, length).data)
+                             : staging_out.get();
+        FSDP_MPI_CHECK(MPI_Ireduce_scatter_block(staging_in.get(), reduced,
+                                                 static_cast<int>(length), MPI_FLOAT, reduction,
+                                                 communicator_, request));
       },
       [=](std::int64_t k) {
         const std::int64_t length = piece_length(k);
         const TensorSpan destination = output.slice(k * piece, length);
-        float* reduced = output_is_float32 ? static_cast<float*>(destination.data) : staging_out.get();
+        float* reduced =
+            output_is_float32 ? static_cast<float*>(destination.data) : staging_out.get();
         if (op == ReduceOp::kAverage) {
           kernels::divide_on_host(reduced, ElementType::kFloat32, length, ranks);
         }
@@ -299,7 +302,8 @@ ProcessGroup::Work MpiProcessGroup::start_all_reduce(TensorSpan buffer, ReduceOp
       pieces_for(buffer.numel, piece),
       [=](std::int64_t k, MPI_Request* request) {
         const TensorSpan part = piece_of(k);
-        kernels::cast_on_host(part.data, part.type, staging.get(), ElementType::kFloat32, part.numel);
+        kernels::cast_on_host(part.data, part.type, staging.get(), ElementType::kFloat32,
+                              part.numel);
         FSDP_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, staging.get(), static_cast<int>(part.numel),
                                       MPI_FLOAT, reduction, communicator_, request));
       },
@@ -308,7 +312,8 @@ ProcessGroup::Work MpiProcessGroup::start_all_reduce(TensorSpan buffer, ReduceOp
         if (op == ReduceOp::kAverage) {
           kernels::divide_on_host(staging.get(), ElementType::kFloat32, part.numel, ranks);
         }
-        kernels::cast_on_host(staging.get(), ElementType::kFloat32, part.data, part.type, part.numel);
+        kernels::cast_on_host(staging.get(), ElementType::kFloat32, part.data, part.type,
+                              part.numel);
       });
   return work;
 }

@@ -19,9 +19,8 @@ namespace {
 
 void check_cuda(cudaError_t status, const char* call, const char* file, int line) {
   if (status == cudaSuccess) return;
-  detail::throw_communication_error(call, std::string(cudaGetErrorName(status)) + ": " +
-                                              cudaGetErrorString(status),
-                                    file, line);
+  detail::throw_communication_error(
+      call, std::string(cudaGetErrorName(status)) + ": " + cudaGetErrorString(status), file, line);
 }
 
 void check_nccl(ncclResult_t result, ncclComm_t communicator, const char* call, const char* file,

@@ -72,15 +72,15 @@ void ProcessGroup::check_reduction(TensorSpan input, TensorSpan output, ReduceOp
   const bool same_type = output.type == input.type;
   const bool widened = is_half_precision(input.type) && output.type == ElementType::kFloat32;
   if (!same_type && !widened) {
-    throw std::invalid_argument(std::string(collective) + ": output type " +
-                                std::string(element_type_name(output.type)) +
-                                " does not match input type " +
-                                std::string(element_type_name(input.type)) +
-                                " (only bfloat16/float16 input may reduce into float32 output)");
+    throw std::invalid_argument(
+        std::string(collective) + ": output type " + std::string(element_type_name(output.type)) +
+        " does not match input type " + std::string(element_type_name(input.type)) +
+        " (only bfloat16/float16 input may reduce into float32 output)");
   }
   if (op == ReduceOp::kAverage && !is_floating_point(input.type)) {
-    throw std::invalid_argument(std::string(collective) + ": average is defined for floating-point " +
-                                "types only, not " + std::string(element_type_name(input.type)));
+    throw std::invalid_argument(std::string(collective) +
+                                ": average is defined for floating-point " + "types only, not " +
+                                std::string(element_type_name(input.type)));
   }
 }
 
@@ -102,8 +102,8 @@ ProcessGroup::Work ProcessGroup::reduce_scatter_async(TensorSpan input, TensorSp
   if (input.numel != output.numel * size_) {
     throw std::invalid_argument("reduce_scatter: input has " + std::to_string(input.numel) +
                                 " elements; expected output (" + std::to_string(output.numel) +
-                                ") x ranks (" + std::to_string(size_) + ") = " +
-                                std::to_string(output.numel * size_));
+                                ") x ranks (" + std::to_string(size_) +
+                                ") = " + std::to_string(output.numel * size_));
   }
   if (overlaps(input, output)) {
     throw std::invalid_argument("reduce_scatter: output overlaps input");

@@ -90,8 +90,8 @@ void cast_on_device(const void* source, ElementType source_type, void* destinati
   cudaStream_t stream = static_cast<cudaStream_t>(cuda_stream);
   if (source_type == destination_type) {
     if (source == destination) return;
-    const cudaError_t status = cudaMemcpyAsync(destination, source, count * element_size(source_type),
-                                               cudaMemcpyDeviceToDevice, stream);
+    const cudaError_t status = cudaMemcpyAsync(
+        destination, source, count * element_size(source_type), cudaMemcpyDeviceToDevice, stream);
     if (status != cudaSuccess) {
       throw std::runtime_error(std::string("cast_on_device: cudaMemcpyAsync failed: ") +
                                cudaGetErrorString(status));

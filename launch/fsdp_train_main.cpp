@@ -39,12 +39,13 @@ std::vector<fsdp::ParameterSpec> demo_stage(std::int64_t hidden, std::int64_t ex
 void fill_demo_weights(fsdp::Fsdp& stage) {
   const fsdp::FlatLayout& layout = stage.layout();
   for (const fsdp::OwnedSlice& slice : layout.owned_slices(stage.group().rank())) {
-    at::Tensor index = at::arange(slice.parameter_range.begin, slice.parameter_range.end, at::kLong);
-    at::Tensor values = (index.remainder(17) - 8).to(at::kFloat).div(16).add(
-        static_cast<double>(slice.parameter_index + 1));
-    stage.weight_shard()
-        .narrow(0, slice.shard_range.begin, slice.shard_range.size())
-        .copy_(values);
+    at::Tensor index =
+        at::arange(slice.parameter_range.begin, slice.parameter_range.end, at::kLong);
+    at::Tensor values = (index.remainder(17) - 8)
+                            .to(at::kFloat)
+                            .div(16)
+                            .add(static_cast<double>(slice.parameter_index + 1));
+    stage.weight_shard().narrow(0, slice.shard_range.begin, slice.shard_range.size()).copy_(values);
   }
   stage.invalidate();
 }
@@ -65,9 +66,10 @@ int run_demo(fsdp::launch::Runtime& runtime, const po::variables_map& values) {
   if (runtime.cuda_device() >= 0 && runtime.uses_nccl()) {
     options.device = c10::Device(c10::DeviceType::CUDA, runtime.cuda_device());
   }
-  fsdp::Fsdp stage("decoder.0",
-                   demo_stage(values["hidden"].as<std::int64_t>(), values["experts"].as<std::int64_t>()),
-                   runtime.process_group(), options);
+  fsdp::Fsdp stage(
+      "decoder.0",
+      demo_stage(values["hidden"].as<std::int64_t>(), values["experts"].as<std::int64_t>()),
+      runtime.process_group(), options);
   fill_demo_weights(stage);
   const std::string name = values["inspect"].as<std::string>();
   const fsdp::FlatLayout& layout = stage.layout();
@@ -98,15 +100,15 @@ int run_demo(fsdp::launch::Runtime& runtime, const po::variables_map& values) {
   if (root) {
     std::cout << "before restore_parameters():\n  rank 0's view of the unrestored buffer: "
               << view_zeros << " of " << unchecked_view.numel() << " elements are zero\n"
-              << "  stage.parameter() refuses: "
-              << refusal << "\n  inspector (from the shards): " << statistics_line(truth)
-              << "\n\n";
+              << "  stage.parameter() refuses: " << refusal
+              << "\n  inspector (from the shards): " << statistics_line(truth) << "\n\n";
   }
 
   // 3. Restore: the view now holds exactly the inspector's values.
   stage.restore_parameters();
   const at::Tensor restored = stage.parameter(name).detach().cpu().to(true_values.scalar_type());
-  const bool equal = restored.equal(true_values.to(stage.options().compute_dtype).to(true_values.scalar_type()));
+  const bool equal =
+      restored.equal(true_values.to(stage.options().compute_dtype).to(true_values.scalar_type()));
   if (root) {
     std::cout << "after restore_parameters():\n  parameter view: "
               << statistics_line(fsdp::merge_statistics({fsdp::partial_statistics(restored)}))

@@ -4,7 +4,8 @@
 //     boost::program_options::options_description options("fsdp-train options");
 //     options.add_options()("steps", po::value<int>()->default_value(100), "...");
 //     return fsdp::launch::run_program(argc, argv, {"fsdp-train", "one-line summary"}, options,
-//                                      [](Runtime& runtime, const po::variables_map& values) {...});
+//                                      [](Runtime& runtime, const po::variables_map& values)
+//                                      {...});
 //   }
 //
 // What it guarantees:

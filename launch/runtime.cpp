@@ -20,8 +20,8 @@ Runtime::Runtime(int* argc, char*** argv) {
   FSDP_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world_size_));
 
   MPI_Comm node = MPI_COMM_NULL;
-  FSDP_MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL,
-                                     &node));
+  FSDP_MPI_CHECK(
+      MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node));
   FSDP_MPI_CHECK(MPI_Comm_rank(node, &local_rank_));
   FSDP_MPI_CHECK(MPI_Comm_size(node, &local_world_size_));
   FSDP_MPI_CHECK(MPI_Comm_free(&node));
@@ -63,11 +63,12 @@ void Runtime::connect(const RuntimeOptions& options) {
   if (!want_nccl) return;
 #if FSDP_WITH_NCCL
   if (!everyone_has_gpu) {
-    throw std::runtime_error(
-        "backend nccl needs a GPU of its own for every rank, but rank " + std::to_string(rank_) +
-        " on " + host_name_ + " sees " + std::to_string(device_count) + " GPU(s) for " +
-        std::to_string(local_world_size_) + " rank(s) on its host (or another rank lacks one); "
-        "use --backend mpi, or start one rank per GPU");
+    throw std::runtime_error("backend nccl needs a GPU of its own for every rank, but rank " +
+                             std::to_string(rank_) + " on " + host_name_ + " sees " +
+                             std::to_string(device_count) + " GPU(s) for " +
+                             std::to_string(local_world_size_) +
+                             " rank(s) on its host (or another rank lacks one); "
+                             "use --backend mpi, or start one rank per GPU");
   }
   device_group_ = NcclProcessGroup::create(*host_group_, cuda_device_);
 #else

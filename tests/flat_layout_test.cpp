@@ -64,7 +64,8 @@ void check_layout_invariants(const std::vector<ParameterSpec>& specs, int world_
   std::vector<std::vector<OwnedSlice>> by_parameter(specs.size());
   for (int rank = 0; rank < world_size; ++rank) {
     const ElementRange shard = layout.shard_range(rank);
-    EXPECT_EQ(shard, (ElementRange{rank * layout.shard_numel(), (rank + 1) * layout.shard_numel()}));
+    EXPECT_EQ(shard,
+              (ElementRange{rank * layout.shard_numel(), (rank + 1) * layout.shard_numel()}));
     std::int64_t previous_end = 0;
     for (const OwnedSlice& slice : layout.owned_slices(rank)) {
       const ParameterSlot& slot = layout.parameters()[slice.parameter_index];
@@ -120,7 +121,8 @@ TEST(FlatLayout, ShardToFullToShardRoundTrip) {
       for (int rank = 0; rank < world_size; ++rank) {
         for (const OwnedSlice& s : layout.owned_slices(rank)) {
           for (std::int64_t k = 0; k < s.parameter_range.size(); ++k) {
-            shards[rank][s.shard_range.begin + k] = full[s.parameter_index][s.parameter_range.begin + k];
+            shards[rank][s.shard_range.begin + k] =
+                full[s.parameter_index][s.parameter_range.begin + k];
           }
         }
       }
@@ -236,13 +238,21 @@ TEST(FlatLayout, RejectsBadDeclarationsWithTheParameterNamed) {
     }
     return "no error";
   };
-  EXPECT_NE(message_of([] { FlatLayout({{"a", {2}}, {"a", {3}}}, 1); }).find("'a' is declared twice"),
+  EXPECT_NE(message_of([] {
+              FlatLayout({{"a", {2}}, {"a", {3}}}, 1);
+            }).find("'a' is declared twice"),
             std::string::npos);
-  EXPECT_NE(message_of([] { FlatLayout({{"w", {2, -1}}}, 1); }).find("'w' has shape [2, -1]"),
+  EXPECT_NE(message_of([] {
+              FlatLayout({{"w", {2, -1}}}, 1);
+            }).find("'w' has shape [2, -1]"),
             std::string::npos);
-  EXPECT_NE(message_of([] { FlatLayout({{"huge", {1LL << 40, 1LL << 40}}}, 1); }).find("'huge'"),
+  EXPECT_NE(message_of([] {
+              FlatLayout({{"huge", {1LL << 40, 1LL << 40}}}, 1);
+            }).find("'huge'"),
             std::string::npos);
-  EXPECT_NE(message_of([] { FlatLayout({{"a", {1LL << 62}}, {"b", {1LL << 62}}}, 1); }).find("'b'"),
+  EXPECT_NE(message_of([] {
+              FlatLayout({{"a", {1LL << 62}}, {"b", {1LL << 62}}}, 1);
+            }).find("'b'"),
             std::string::npos);
   EXPECT_NE(message_of([] { FlatLayout({{"", {1}}}, 1); }).find("empty name"), std::string::npos);
   EXPECT_NE(message_of([] { FlatLayout({}, 0); }).find("at least 1"), std::string::npos);

@@ -20,8 +20,11 @@ int ranks() { return group()->size(); }
 // Several shapes, a zero-element and a scalar parameter; alignment 4 makes
 // parameters straddle shards at every world size > 1.
 std::vector<ParameterSpec> test_parameters() {
-  return {{"embedding", {13, 7}},       {"empty", {0, 3}},         {"norm", {7}},
-          {"mlp.router.bias", {5}},     {"experts.gate_up_proj", {3, 10, 7}},
+  return {{"embedding", {13, 7}},
+          {"empty", {0, 3}},
+          {"norm", {7}},
+          {"mlp.router.bias", {5}},
+          {"experts.gate_up_proj", {3, 10, 7}},
           {"scale", {}}};
 }
 
@@ -37,8 +40,11 @@ FsdpOptions test_options(c10::ScalarType compute = at::kFloat) {
 // Elements [begin, end) of parameter p.
 at::Tensor true_values(std::size_t parameter, ElementRange range, bool bfloat16_exact) {
   const at::Tensor index = at::arange(range.begin, range.end, at::kLong);
-  return bfloat16_exact ? index.remainder(16).add(static_cast<std::int64_t>(parameter + 1) * 16).to(at::kDouble)
-                        : index.add(static_cast<std::int64_t>(parameter + 1) * 100000).to(at::kDouble);
+  return bfloat16_exact
+             ? index.remainder(16)
+                   .add(static_cast<std::int64_t>(parameter + 1) * 16)
+                   .to(at::kDouble)
+             : index.add(static_cast<std::int64_t>(parameter + 1) * 100000).to(at::kDouble);
 }
 
 at::Tensor expected_parameter(const FlatLayout& layout, std::size_t p, bool bfloat16_exact) {
@@ -68,7 +74,11 @@ void expect_all_views_exact(const Fsdp& stage, bool bfloat16_exact) {
   }
   // Padding is zero in the buffer after a restore.
   const std::int64_t padding = layout.padded_numel() - layout.unpadded_numel();
-  EXPECT_EQ(stage.weight_buffer().narrow(0, layout.unpadded_numel(), padding).count_nonzero().item<std::int64_t>(), 0);
+  EXPECT_EQ(stage.weight_buffer()
+                .narrow(0, layout.unpadded_numel(), padding)
+                .count_nonzero()
+                .item<std::int64_t>(),
+            0);
 }
 
 TEST(Fsdp, BuffersAreZeroedAndShardsSizedByTheLayout) {
@@ -114,8 +124,9 @@ TEST(Fsdp, RestoreIsIdempotentAndInvalidateForcesANewOne) {
   stage.invalidate();
   stage.restore_parameters();
   const std::size_t norm = stage.layout().parameter_index("norm");
-  EXPECT_TRUE(stage.parameter("norm").to(at::kDouble).equal(
-      expected_parameter(stage.layout(), norm, true) + 1));
+  EXPECT_TRUE(stage.parameter("norm")
+                  .to(at::kDouble)
+                  .equal(expected_parameter(stage.layout(), norm, true) + 1));
 }
 
 // Note [Shard aliasing]: with equal dtypes the shard is this rank's slice of
@@ -134,8 +145,11 @@ TEST(Fsdp, ShardAliasesItsBufferSliceOnlyWhenDtypesMatch) {
   same.weight_shard().add_(1);
   same.invalidate();
   same.restore_parameters();
-  EXPECT_TRUE(same.parameter("norm").to(at::kDouble).equal(
-      expected_parameter(same.layout(), same.layout().parameter_index("norm"), false) + 1));
+  EXPECT_TRUE(
+      same.parameter("norm")
+          .to(at::kDouble)
+          .equal(expected_parameter(same.layout(), same.layout().parameter_index("norm"), false) +
+                 1));
 
   Fsdp mixed("decoder.0", test_parameters(), group(), test_options(at::kBFloat16));
   EXPECT_FALSE(mixed.shard_aliases_buffer());
@@ -226,7 +240,8 @@ TEST(Fsdp, InspectorCountsNaNAndInfWhereverTheyLive) {
   for (const OwnedSlice& piece : layout.placements(experts)) {
     if (piece.rank == rank()) {
       stage.weight_shard()[piece.shard_range.begin] = std::nan("");
-      if (piece.shard_range.size() > 1) stage.weight_shard()[piece.shard_range.begin + 1] = INFINITY;
+      if (piece.shard_range.size() > 1)
+        stage.weight_shard()[piece.shard_range.begin + 1] = INFINITY;
     }
     poisoned += 1;
   }
@@ -239,7 +254,8 @@ TEST(Fsdp, InspectorCountsNaNAndInfWhereverTheyLive) {
 
 TEST(Fsdp, PlacementsSayWhichRankHoldsWhat) {
   Fsdp stage("decoder.0", test_parameters(), group(), test_options());
-  const std::vector<OwnedSlice> placements = parameter_placements(stage.layout(), "experts.gate_up_proj");
+  const std::vector<OwnedSlice> placements =
+      parameter_placements(stage.layout(), "experts.gate_up_proj");
   std::int64_t covered = 0;
   for (const OwnedSlice& piece : placements) {
     EXPECT_EQ(piece.parameter_range.begin, covered);
@@ -250,7 +266,9 @@ TEST(Fsdp, PlacementsSayWhichRankHoldsWhat) {
     EXPECT_GT(placements.size(), 1u) << "alignment 4 should split it";
   }
   const std::string text = describe_placements(stage.layout(), "experts.gate_up_proj");
-  EXPECT_NE(text.find("rank " + std::to_string(placements.back().rank) + ": elements"), std::string::npos) << text;
+  EXPECT_NE(text.find("rank " + std::to_string(placements.back().rank) + ": elements"),
+            std::string::npos)
+      << text;
   // The local part is a view of the shard.
   const at::Tensor part = owned_weight_part(stage, "experts.gate_up_proj");
   std::int64_t expected_local = 0;
@@ -287,7 +305,8 @@ TEST(Fsdp, ReduceGradientsSumsAndAveragesExactly) {
     // Element j of rank r's gradient buffer: r + (j % 8), exact in bfloat16.
     at::Tensor index = at::arange(padded, at::kLong);
     stage.gradient_buffer().copy_(index.remainder(8).add(rank()));
-    at::Tensor rank_sum = index.remainder(8).mul(ranks()).add(ranks() * (ranks() - 1) / 2).to(at::kFloat);
+    at::Tensor rank_sum =
+        index.remainder(8).mul(ranks()).add(ranks() * (ranks() - 1) / 2).to(at::kFloat);
     const ElementRange own = stage.layout().shard_range(rank());
 
     stage.reduce_gradients(GradientReduction::kSum);
@@ -296,7 +315,8 @@ TEST(Fsdp, ReduceGradientsSumsAndAveragesExactly) {
     at::Tensor average = rank_sum.div(static_cast<float>(ranks()));
     EXPECT_TRUE(stage.gradient_shard().equal(average.narrow(0, own.begin, own.size())));
     stage.reduce_gradients(GradientReduction::kSum, GradientUpdate::kAccumulate);
-    EXPECT_TRUE(stage.gradient_shard().equal((average + rank_sum).narrow(0, own.begin, own.size())));
+    EXPECT_TRUE(
+        stage.gradient_shard().equal((average + rank_sum).narrow(0, own.begin, own.size())));
   }
 }
 
@@ -315,10 +335,14 @@ TEST(Fsdp, AutogradAccumulatesIntoTheGradientBuffer) {
   backward();
   const std::int64_t unpadded = stage.layout().unpadded_numel();
   EXPECT_TRUE(stage.gradient_buffer().narrow(0, 0, unpadded).eq(rank() + 1).all().item<bool>());
-  EXPECT_EQ(stage.gradient_buffer().narrow(0, unpadded, stage.layout().padded_numel() - unpadded)
-                .count_nonzero().item<std::int64_t>(), 0);
+  EXPECT_EQ(stage.gradient_buffer()
+                .narrow(0, unpadded, stage.layout().padded_numel() - unpadded)
+                .count_nonzero()
+                .item<std::int64_t>(),
+            0);
   backward();  // a second micro-batch adds, it does not replace
-  EXPECT_TRUE(stage.gradient_buffer().narrow(0, 0, unpadded).eq(2 * (rank() + 1)).all().item<bool>());
+  EXPECT_TRUE(
+      stage.gradient_buffer().narrow(0, 0, unpadded).eq(2 * (rank() + 1)).all().item<bool>());
 
   stage.reduce_gradients(GradientReduction::kAverage);
   // Mean over ranks of 2 (r + 1) = ranks + 1, on parameter elements; 0 on padding.
@@ -354,7 +378,8 @@ TEST(Fsdp, RejectsADeviceTheGroupCannotServe) {
     Fsdp stage("decoder.0", test_parameters(), group(), options);
     ADD_FAILURE() << "a stage on the wrong device was created";
   } catch (const std::invalid_argument& error) {
-    EXPECT_NE(std::string(error.what()).find("stage 'decoder.0'"), std::string::npos) << error.what();
+    EXPECT_NE(std::string(error.what()).find("stage 'decoder.0'"), std::string::npos)
+        << error.what();
   }
   options = test_options();
   options.compute_dtype = at::kInt;

@@ -28,12 +28,14 @@ struct DeviceArray {
   }
   ~DeviceArray() { cudaFree(data); }
   void upload(const std::vector<T>& values) {
-    ASSERT_EQ(cudaMemcpy(data, values.data(), count * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(data, values.data(), count * sizeof(T), cudaMemcpyHostToDevice),
+              cudaSuccess);
   }
   std::vector<T> download() {
     std::vector<T> values(count);
     EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(values.data(), data, count * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(values.data(), data, count * sizeof(T), cudaMemcpyDeviceToHost),
+              cudaSuccess);
     return values;
   }
   TensorSpan span(ElementType type) const {
@@ -116,7 +118,8 @@ TEST(Gpu, StageWithCudaBuffersRestoresAndInspects) {
   FsdpOptions options;
   options.device = c10::Device(c10::DeviceType::CUDA, testing::runtime().cuda_device());
   options.compute_dtype = at::kBFloat16;
-  Fsdp stage("decoder.0", {{"w", {300, 7}}, {"b", {7}}}, testing::runtime().process_group(), options);
+  Fsdp stage("decoder.0", {{"w", {300, 7}}, {"b", {7}}}, testing::runtime().process_group(),
+             options);
   for (const OwnedSlice& slice : stage.layout().owned_slices(stage.group().rank())) {
     stage.weight_shard()
         .narrow(0, slice.shard_range.begin, slice.shard_range.size())

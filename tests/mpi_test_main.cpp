@@ -48,8 +48,8 @@ int main(int argc, char** argv) {
   fsdp::launch::RuntimeOptions options;
   for (int i = 1; i + 1 < argc; ++i) {
     if (std::strcmp(argv[i], "--collective-timeout") == 0) {
-      options.collective_timeout = std::chrono::milliseconds(
-          static_cast<long long>(std::atof(argv[i + 1]) * 1000));
+      options.collective_timeout =
+          std::chrono::milliseconds(static_cast<long long>(std::atof(argv[i + 1]) * 1000));
     }
   }
   try {

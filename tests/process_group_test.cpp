@@ -41,7 +41,8 @@ TEST(MpiProcessGroup, AllGatherInPlaceFloat32) {
   const int ranks = group().size();
   for (std::int64_t chunk : {0, 1, 5, 4096}) {
     std::vector<float> buffer(static_cast<std::size_t>(chunk * ranks), -1.0f);
-    for (std::int64_t i = 0; i < chunk; ++i) buffer[group().rank() * chunk + i] = crafted(group().rank(), i);
+    for (std::int64_t i = 0; i < chunk; ++i)
+      buffer[group().rank() * chunk + i] = crafted(group().rank(), i);
     group().all_gather_in_place(host_span(buffer));
     for (int r = 0; r < ranks; ++r) {
       for (std::int64_t i = 0; i < chunk; ++i) {
@@ -57,7 +58,8 @@ TEST(MpiProcessGroup, AllGatherMovesBFloat16AsWords) {
   // Bit patterns that are not valid as small integers: NaN payloads, -0, subnormals.
   std::vector<std::uint16_t> words(chunk * ranks, 0xFFFF);
   for (std::int64_t i = 0; i < chunk; ++i) {
-    words[group().rank() * chunk + i] = static_cast<std::uint16_t>(0x7FC1 + group().rank() * 97 + i);
+    words[group().rank() * chunk + i] =
+        static_cast<std::uint16_t>(0x7FC1 + group().rank() * 97 + i);
   }
   group().all_gather_in_place(host_span_16bit(words, ElementType::kBFloat16));
   for (int r = 0; r < ranks; ++r) {
@@ -139,7 +141,8 @@ TEST(MpiProcessGroup, SixteenBitReductionsInManySmallPieces) {
       float sum = 0;
       for (int r = 0; r < ranks; ++r) sum += crafted(r, global);
       ASSERT_EQ(output[i], sum) << i;
-      ASSERT_EQ(from_word<c10::BFloat16>(output16[i]), static_cast<float>(c10::BFloat16(sum / ranks)))
+      ASSERT_EQ(from_word<c10::BFloat16>(output16[i]),
+                static_cast<float>(c10::BFloat16(sum / ranks)))
           << i;
     }
     for (std::int64_t i = 0; i < chunk * ranks; ++i) {
@@ -222,7 +225,8 @@ TEST(MpiProcessGroup, RejectsMismatchedArgumentsBeforeTalkingToPeers) {
     group().broadcast(device_span, 0);
     ADD_FAILURE() << "a CUDA span was accepted by the MPI group";
   } catch (const std::invalid_argument& error) {
-    EXPECT_NE(std::string(error.what()).find("needs host memory"), std::string::npos) << error.what();
+    EXPECT_NE(std::string(error.what()).find("needs host memory"), std::string::npos)
+        << error.what();
   }
   // Still in step with the peers afterwards.
   group().barrier();
