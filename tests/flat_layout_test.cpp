@@ -84,7 +84,9 @@ void check_layout_invariants(const std::vector<ParameterSpec>& specs, int world_
     const ElementRange padding = layout.padding_in_shard(rank);
     const std::int64_t padding_begin_flat = std::max(shard.begin, layout.unpadded_numel());
     EXPECT_EQ(padding.size(), std::max<std::int64_t>(0, shard.end - padding_begin_flat));
-    if (!padding.empty()) EXPECT_EQ(padding.end, layout.shard_numel());
+    if (!padding.empty()) {
+      EXPECT_EQ(padding.end, layout.shard_numel());
+    }
   }
   for (std::int64_t i = 0; i < layout.padded_numel(); ++i) {
     ASSERT_EQ(owner_count[static_cast<std::size_t>(i)], i < offset ? 1 : 0) << "flat element " << i;
