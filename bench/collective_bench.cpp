@@ -110,7 +110,6 @@ std::vector<CollectiveBenchResult> run_collective_bench(launch::Runtime& runtime
     CollectiveBenchResult result;
     result.case_name = options.case_name;
     result.bytes = padded * static_cast<std::int64_t>(c10::elementSize(dtype));
-    if (options.case_name == "reduce" && dtype == at::kBFloat16) result.bytes = padded * 2;
     result.ranks = ranks;
     result.dtype = options.compute_dtype;
     result.time_seconds = median(our_times);

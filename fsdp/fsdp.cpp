@@ -46,6 +46,13 @@ Fsdp::Fsdp(std::string stage_name, std::vector<ParameterSpec> parameters,
                                 (wants_cuda ? "a CUDA device" : "the CPU") +
                                 ", but the stage is on " + options_.device.str());
   }
+  if (options_.device.is_cuda() && !at::hasCUDA()) {
+    throw std::invalid_argument(
+        "stage '" + stage_name_ + "': the " + std::string(group_->backend_name()) +
+        " process group keeps buffers in CUDA memory, but this libtorch was built without CUDA "
+        "(Debian's libtorch is CPU-only); build against a CUDA-enabled libtorch, or run with "
+        "--backend mpi");
+  }
   const auto on_device = at::TensorOptions().device(options_.device);
   weight_buffer_ = at::zeros({layout_.padded_numel()}, on_device.dtype(options_.compute_dtype));
   gradient_buffer_ = at::zeros({layout_.padded_numel()}, on_device.dtype(options_.compute_dtype));

@@ -55,3 +55,10 @@ fsdp_add_program_test(rank_failure_aborts_job EXIT nonzero TIMEOUT 60
 fsdp_add_program_test(missing_peer_times_out EXIT nonzero TIMEOUT 60
                       COMMAND ${FSDP_MPIRUN} -np 2 ${probe} --skip-on-rank 1 --collective-timeout 2
                       OUTPUT "all_reduce\\(sum\\) of 1 int32 on rank 0/2 .* did not complete within 2")
+
+# The benchmark program keeps working and keeps its --json contract (case,
+# bytes, ranks, ratio on every line). Timing itself is never asserted.
+fsdp_add_program_test(bench_json_smoke EXIT 0
+                      COMMAND ${FSDP_MPIRUN} -np 2 $<TARGET_FILE:fsdp-bench> --sizes-mib 0.25,1 --iterations 2 --warmup 1 --json
+                      OUTPUT "\"case\":\"restore\".*\"ratio\":.*\"case\":\"reduce\""
+                      ONCE "\"bytes\":262144,\"case\":\"reduce\",\"dtype\":\"float32\".*\"ranks\":2")
