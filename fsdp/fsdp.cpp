@@ -60,8 +60,8 @@ Fsdp::Fsdp(std::string stage_name, std::vector<ParameterSpec> parameters,
   shard_aliases_buffer_ =
       options_.shard_dtype == options_.compute_dtype && !options_.poison_released_buffer;
   if (shard_aliases_buffer_) {
-    // Note [Shard aliasing]. variable_data(): the shard is not part of autograd's view of the
-    // buffer.
+    // Note [Shard aliasing]. Through variable_data(), so that writes to the
+    // shard (loader, optimizer) are not tracked as in-place edits of the views.
     const ElementRange own = layout_.shard_range(group_->rank());
     weight_shard_ = weight_buffer_.variable_data().narrow(0, own.begin, own.size());
   } else {
@@ -113,7 +113,8 @@ void Fsdp::assert_restored(std::string_view parameter_name) const {
   throw NotRestoredError(
       "stage '" + stage_name_ + "': parameter '" + std::string(parameter_name) +
       "' was read while the stage's weights are not restored. Its view of the weight buffer "
-      "holds zeros (or stale values), not the weights. Call restore_parameters() on the stage "
+      "does not hold the weights (zeros or stale values, at best this rank's own slice). Call "
+      "restore_parameters() on the stage "
       "before forward; to read the true values without restoring, use the inspector "
       "(fsdp/inspector.h), which reads the shards.");
 }

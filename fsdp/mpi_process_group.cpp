@@ -112,7 +112,7 @@ class MpiWork final : public CollectiveWork {
       finished_ = true;
       return;
     }
-    start_(0, &request_);
+    start_piece(0);
   }
 
   void wait() override {
@@ -146,10 +146,21 @@ class MpiWork final : public CollectiveWork {
         start_ = nullptr;  // releases staging memory the pieces captured
         finish_ = nullptr;
       } else {
-        start_(piece_, &request_);
+        start_piece(piece_);
       }
     }
     return true;
+  }
+
+  // A piece whose MPI call failed never started: nothing is in flight, so the
+  // work is over (and the destructor must not "finish" a piece that never ran).
+  void start_piece(std::int64_t piece) {
+    try {
+      start_(piece, &request_);
+    } catch (...) {
+      finished_ = true;
+      throw;
+    }
   }
 
   MpiProcessGroup& group_;
