@@ -66,7 +66,7 @@ FlatLayout::FlatLayout(std::vector<ParameterSpec> parameters, int world_size,
                                   "' is declared twice in the same stage");
     }
     parameters_.push_back(ParameterSlot{
-        std::move(spec.name), std::move(spec.shape), spec.dtype, numel, {offset, end}});
+        std::move(spec.name), std::move(spec.shape), spec.dtype, spec.init, numel, {offset, end}});
     offset = end;
   }
   unpadded_numel_ = offset;

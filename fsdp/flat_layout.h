@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "fsdp/element_type.h"
+#include "fsdp/initializer.h"
 
 namespace fsdp {
 
@@ -57,6 +58,8 @@ struct ParameterSpec {
   // The parameter's declared dtype (what a checkpoint stores). The stage's shards
   // and buffers have their own dtypes; offsets are in elements, not bytes.
   ElementType dtype = ElementType::kFloat32;
+  // How initialize_weights() fills it (fsdp/initializer.h).
+  ParameterInit init = ParameterInit::zeros();
 };
 
 // A parameter placed in the flat index space.
@@ -64,6 +67,7 @@ struct ParameterSlot {
   std::string name;
   std::vector<std::int64_t> shape;
   ElementType dtype = ElementType::kFloat32;
+  ParameterInit init;
   std::int64_t numel = 0;
   ElementRange flat_range;  // in the stage's flat index space; independent of world size
 };

@@ -2,7 +2,9 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <limits>
+#include <vector>
 
 #include "fsdp/torch_interop.h"
 
@@ -80,6 +82,33 @@ Fsdp::Fsdp(std::string stage_name, std::vector<ParameterSpec> parameters,
     }
     parameter_views_.push_back(std::move(view));
   }
+}
+
+void Fsdp::initialize_weights(std::uint64_t seed) {
+  // Values are generated in float64 a chunk at a time (8 MiB), then rounded
+  // once into the shard: memory stays bounded whatever the parameter's size.
+  constexpr std::int64_t kChunk = std::int64_t{1} << 20;
+  std::vector<double> staging;
+  const at::Tensor shard = weight_shard_.variable_data();
+  for (const OwnedSlice& slice : layout_.owned_slices(group_->rank())) {
+    const ParameterSlot& slot = layout_.parameters()[slice.parameter_index];
+    at::Tensor destination = shard.narrow(0, slice.shard_range.begin, slice.shard_range.size());
+    if (slot.init.kind == ParameterInit::Kind::kZeros ||
+        slot.init.kind == ParameterInit::Kind::kConstant) {
+      destination.fill_(slot.init.a);
+      continue;
+    }
+    const std::uint64_t key = parameter_stream_key(seed, slot.name);
+    for (std::int64_t done = 0; done < slice.parameter_range.size(); done += kChunk) {
+      const std::int64_t count = std::min(kChunk, slice.parameter_range.size() - done);
+      staging.resize(static_cast<std::size_t>(count));
+      fill_initial_values(slot.init, key, slice.parameter_range.begin + done, count,
+                          staging.data());
+      destination.narrow(0, done, count)
+          .copy_(at::from_blob(staging.data(), {count}, at::TensorOptions().dtype(at::kDouble)));
+    }
+  }
+  invalidate();
 }
 
 void Fsdp::restore_parameters() {

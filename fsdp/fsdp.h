@@ -107,6 +107,14 @@ class Fsdp {
   const at::Tensor& weight_buffer() const { return weight_buffer_; }
   const at::Tensor& gradient_buffer() const { return gradient_buffer_; }
 
+  // Fills this rank's part of every parameter with its declared initial values
+  // (ParameterSpec::init, fsdp/initializer.h): element i of parameter p gets a
+  // value that depends on (seed, p's name, i) only, so the model is bitwise the
+  // same at every world size. Writes the weight shard directly, through a
+  // bounded staging chunk; padding stays zero. Local (not collective);
+  // invalidates the restored state.
+  void initialize_weights(std::uint64_t seed);
+
   // Makes the buffer hold every rank's weights: casts the weight shard into
   // this rank's slice of the buffer, then all-gathers in place. Idempotent: does
   // nothing while already restored. Collective.
