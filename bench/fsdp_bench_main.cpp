@@ -12,6 +12,7 @@
 #include <iostream>
 #include <sstream>
 
+#include "bench/adamw_bench.h"
 #include "bench/collective_bench.h"
 #include "launch/program.h"
 
@@ -54,15 +55,56 @@ void print_table(const std::vector<fsdp::bench::CollectiveBenchResult>& results)
   std::printf("# bandwidths in GB/s (decimal); ratio = raw time / our time\n");
 }
 
+void print_adamw(const std::vector<fsdp::bench::AdamWBenchResult>& results, bool json) {
+  if (!json) {
+    std::printf(
+        "# case adamw: fused shard AdamW vs torch::optim::AdamW and vs a copy of the same "
+        "bytes (16 B/element); medians\n");
+    std::printf("%12s %10s %12s %10s %10s %10s %10s\n", "elements", "time(us)", "torch(us)",
+                "speedup", "copy(us)", "vs copy", "GB/s");
+  }
+  for (const auto& r : results) {
+    // Traffic of one step: read w, g, m, v and write w, m, v = 28 bytes per element.
+    const double gigabytes_per_second = 28.0 * r.elements / r.time_seconds / 1e9;
+    if (json) {
+      nlohmann::json line = {{"case", "adamw"},
+                             {"bytes", 16 * r.elements},
+                             {"ranks", 1},
+                             {"elements", r.elements},
+                             {"time_us", r.time_seconds * 1e6},
+                             {"torch_time_us", r.torch_time_seconds * 1e6},
+                             {"copy_time_us", r.copy_time_seconds * 1e6},
+                             {"speedup_over_torch", r.speedup_over_torch()},
+                             {"ratio", r.ratio_to_copy()}};
+      std::cout << line.dump() << std::endl;
+    } else {
+      std::printf("%12lld %10.1f %12.1f %10.2f %10.1f %10.2f %10.2f\n",
+                  static_cast<long long>(r.elements), r.time_seconds * 1e6,
+                  r.torch_time_seconds * 1e6, r.speedup_over_torch(), r.copy_time_seconds * 1e6,
+                  r.ratio_to_copy(), gigabytes_per_second);
+    }
+  }
+  if (!json) std::printf("# speedup = torch time / ours; vs copy = copy time / ours\n");
+}
+
 int run(fsdp::launch::Runtime& runtime, const po::variables_map& values) {
   const std::string case_name = values["case"].as<std::string>();
   std::vector<std::string> cases;
   if (case_name == "all") {
-    cases = {"restore", "reduce"};
+    cases = {"restore", "reduce", "adamw"};
   } else {
     cases = {case_name};
   }
   for (const std::string& name : cases) {
+    if (name == "adamw") {
+      std::vector<std::int64_t> elements;
+      for (std::int64_t bytes : parse_sizes(values["sizes-mib"].as<std::string>())) {
+        elements.push_back(bytes / 4);  // a float32 shard of that size
+      }
+      const auto results = fsdp::bench::run_adamw_bench(elements, values["iterations"].as<int>());
+      if (runtime.rank() == 0) print_adamw(results, values.count("json") != 0);
+      continue;
+    }
     fsdp::bench::CollectiveBenchOptions options;
     options.case_name = name;
     options.buffer_bytes = parse_sizes(values["sizes-mib"].as<std::string>());
@@ -98,12 +140,14 @@ int main(int argc, char** argv) {
   po::options_description options("Benchmark");
   options.add_options()(
       "case", po::value<std::string>()->default_value("all")->notifier([](const std::string& c) {
-        if (c != "restore" && c != "reduce" && c != "all") {
-          throw po::invalid_option_value("--case " + c + " (expected restore, reduce or all)");
+        if (c != "restore" && c != "reduce" && c != "adamw" && c != "all") {
+          throw po::invalid_option_value("--case " + c +
+                                         " (expected restore, reduce, adamw or all)");
         }
       }),
       "restore: restore_parameters() vs MPI_Allgather; reduce: reduce_gradients() vs "
-      "MPI_Reduce_scatter_block; all: both")(
+      "MPI_Reduce_scatter_block; adamw: fused shard AdamW vs torch::optim::AdamW (one process; "
+      "shard sizes from --sizes-mib); all: every case")(
       "sizes-mib", po::value<std::string>()->default_value("1,4,16,64,256"),
       "stage buffer sizes, comma-separated MiB")(
       "compute-dtype",
