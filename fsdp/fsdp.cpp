@@ -84,6 +84,16 @@ Fsdp::Fsdp(std::string stage_name, std::vector<ParameterSpec> parameters,
   }
 }
 
+StageMemory Fsdp::memory() const {
+  StageMemory memory;
+  memory.weight_shard =
+      shard_aliases_buffer_ ? 0 : static_cast<std::int64_t>(weight_shard_.nbytes());
+  memory.gradient_shard = static_cast<std::int64_t>(gradient_shard_.nbytes());
+  memory.weight_buffer = static_cast<std::int64_t>(weight_buffer_.nbytes());
+  memory.gradient_buffer = static_cast<std::int64_t>(gradient_buffer_.nbytes());
+  return memory;
+}
+
 void Fsdp::initialize_weights(std::uint64_t seed) {
   // Values are generated in float64 a chunk at a time (8 MiB), then rounded
   // once into the shard: memory stays bounded whatever the parameter's size.

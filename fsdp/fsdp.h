@@ -52,6 +52,17 @@ struct FsdpOptions {
   std::int64_t alignment = kDefaultShardAlignment;
 };
 
+// What one stage holds on this rank, in bytes (see Fsdp::memory()).
+struct StageMemory {
+  std::int64_t weight_shard = 0;  // 0 when the shard aliases the buffer (Note [Shard aliasing])
+  std::int64_t gradient_shard = 0;
+  std::int64_t weight_buffer = 0;
+  std::int64_t gradient_buffer = 0;
+  std::int64_t total() const {
+    return weight_shard + gradient_shard + weight_buffer + gradient_buffer;
+  }
+};
+
 enum class GradientReduction { kAverage, kSum };
 enum class GradientUpdate {
   kOverwrite,   // gradient shard = reduced gradient
@@ -102,6 +113,10 @@ class Fsdp {
   // a separate shard. shard_aliases_buffer() says which case holds.
   const at::Tensor& weight_shard() const { return weight_shard_; }
   bool shard_aliases_buffer() const { return shard_aliases_buffer_; }
+  // The bytes this stage holds on this rank, counted once each:
+  //   shards: shard_numel x sizeof(shard dtype) each (the weight shard is free when aliased)
+  //   buffers: padded_numel x sizeof(compute dtype) each
+  StageMemory memory() const;
   const at::Tensor& gradient_shard() const { return gradient_shard_; }
   // The flat buffers: 1-D, layout().padded_numel() elements each.
   const at::Tensor& weight_buffer() const { return weight_buffer_; }

@@ -401,6 +401,22 @@ TEST(Fsdp, InitializedWeightsAreTheSameAtEveryWorldSize) {
   }
 }
 
+// The accounting is the formula, computed independently from the layout.
+TEST(Fsdp, MemoryReportMatchesTheFormula) {
+  for (c10::ScalarType compute : {at::kFloat, at::kBFloat16}) {
+    Fsdp stage("decoder.0", test_parameters(), group(), test_options(compute));
+    const FlatLayout& layout = stage.layout();
+    const std::int64_t compute_size = compute == at::kFloat ? 4 : 2;
+    const StageMemory memory = stage.memory();
+    EXPECT_EQ(memory.weight_buffer, layout.padded_numel() * compute_size);
+    EXPECT_EQ(memory.gradient_buffer, layout.padded_numel() * compute_size);
+    EXPECT_EQ(memory.gradient_shard, layout.shard_numel() * 4);
+    EXPECT_EQ(memory.weight_shard, stage.shard_aliases_buffer() ? 0 : layout.shard_numel() * 4);
+    EXPECT_EQ(memory.total(), memory.weight_shard + memory.gradient_shard + memory.weight_buffer +
+                                  memory.gradient_buffer);
+  }
+}
+
 TEST(Fsdp, RejectsADeviceTheGroupCannotServe) {
   FsdpOptions options = test_options();
   options.device = c10::Device(c10::DeviceType::CUDA, 0);
