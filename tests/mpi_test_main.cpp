@@ -21,17 +21,21 @@ launch::Runtime* the_runtime = nullptr;
 class RankFailurePrinter : public ::testing::EmptyTestEventListener {
  public:
   explicit RankFailurePrinter(int rank) : rank_(rank) {}
+  // The test's name is taken here: inside OnTestPartResult GoogleTest holds its
+  // own lock, and asking it for the current test there deadlocks.
+  void OnTestStart(const ::testing::TestInfo& test) override {
+    test_name_ = std::string(test.test_suite_name()) + "." + test.name();
+  }
   void OnTestPartResult(const ::testing::TestPartResult& result) override {
     if (!result.failed()) return;
     std::cerr << "[rank " << rank_ << "] " << (result.file_name() ? result.file_name() : "?") << ":"
-              << result.line_number() << ": failure in "
-              << ::testing::UnitTest::GetInstance()->current_test_info()->test_suite_name() << "."
-              << ::testing::UnitTest::GetInstance()->current_test_info()->name() << "\n"
+              << result.line_number() << ": failure in " << test_name_ << "\n"
               << result.message() << std::endl;
   }
 
  private:
   int rank_;
+  std::string test_name_;
 };
 
 }  // namespace

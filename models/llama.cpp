@@ -1,0 +1,165 @@
+#include "models/llama.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+namespace fsdp::models {
+namespace {
+
+using stages::Layer;
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double epsilon) {
+  return x * at::rsqrt(x.square().mean({-1}, /*keepdim=*/true) + epsilon) * weight;
+}
+
+class TokenEmbedding final : public Layer {
+ public:
+  explicit TokenEmbedding(const LlamaConfig& config) : config_(config) {}
+  std::vector<ParameterSpec> parameter_specs() const override {
+    return {{"embedding.weight",
+             {config_.vocabulary, config_.hidden},
+             ElementType::kFloat32,
+             ParameterInit::normal(0, config_.init_std)}};
+  }
+  void bind(std::vector<at::Tensor> parameters) override { weight_ = parameters.at(0); }
+  // input: token ids [batch, sequence] -> [batch, sequence, hidden]
+  at::Tensor forward(const at::Tensor& tokens) override { return at::embedding(weight_, tokens); }
+
+ private:
+  LlamaConfig config_;
+  at::Tensor weight_;
+};
+
+class DecoderBlock final : public Layer {
+ public:
+  DecoderBlock(const LlamaConfig& config, std::int64_t index)
+      : config_(config), prefix_("decoder." + std::to_string(index) + ".") {
+    const std::int64_t head_size = config.hidden / config.heads;
+    // Non-persistent buffers, computed here as real tensors (seed 001's RoPE
+    // inv_freq lost on the meta device cannot happen: they are not parameters).
+    const at::Tensor inv_freq =
+        1.0 / at::pow(config.rope_theta,
+                      at::arange(0, head_size, 2, at::kDouble) / static_cast<double>(head_size));
+    const at::Tensor angles = at::outer(at::arange(config.max_sequence, at::kDouble), inv_freq);
+    const at::Tensor doubled = at::cat({angles, angles}, -1).to(at::kFloat);
+    cos_ = doubled.cos();
+    sin_ = doubled.sin();
+    causal_mask_ = at::full({config.max_sequence, config.max_sequence},
+                            -std::numeric_limits<float>::infinity())
+                       .triu(1);
+  }
+
+  std::vector<ParameterSpec> parameter_specs() const override {
+    const auto normal = ParameterInit::normal(0, config_.init_std);
+    const auto ones = ParameterInit::constant(1.0);
+    const std::int64_t h = config_.hidden;
+    const std::int64_t i = config_.intermediate;
+    return {{prefix_ + "attention_norm.weight", {h}, ElementType::kFloat32, ones},
+            {prefix_ + "attention.qkv.weight", {3 * h, h}, ElementType::kFloat32, normal},
+            {prefix_ + "attention.dense.weight", {h, h}, ElementType::kFloat32, normal},
+            {prefix_ + "mlp_norm.weight", {h}, ElementType::kFloat32, ones},
+            {prefix_ + "mlp.gate_up.weight", {2 * i, h}, ElementType::kFloat32, normal},
+            {prefix_ + "mlp.down.weight", {h, i}, ElementType::kFloat32, normal}};
+  }
+
+  void bind(std::vector<at::Tensor> parameters) override { parameters_ = std::move(parameters); }
+
+  at::Tensor forward(const at::Tensor& x) override {
+    const at::Tensor& attention_norm = parameters_.at(0);
+    const at::Tensor& qkv_weight = parameters_.at(1);
+    const at::Tensor& dense_weight = parameters_.at(2);
+    const at::Tensor& mlp_norm = parameters_.at(3);
+    const at::Tensor& gate_up_weight = parameters_.at(4);
+    const at::Tensor& down_weight = parameters_.at(5);
+    const std::int64_t batch = x.size(0);
+    const std::int64_t sequence = x.size(1);
+    const std::int64_t head_size = config_.hidden / config_.heads;
+    if (sequence > config_.max_sequence) {
+      throw std::invalid_argument(prefix_ + "attention: sequence of " + std::to_string(sequence) +
+                                  " tokens is longer than max_sequence " +
+                                  std::to_string(config_.max_sequence));
+    }
+
+    // Attention: [batch, sequence, 3, heads, head] -> q, k, v of [batch, heads, sequence, head].
+    const at::Tensor qkv = at::linear(rms_norm(x, attention_norm, config_.rms_epsilon), qkv_weight)
+                               .view({batch, sequence, 3, config_.heads, head_size})
+                               .permute({2, 0, 3, 1, 4});
+    const at::Tensor cos = cos_.narrow(0, 0, sequence);
+    const at::Tensor sin = sin_.narrow(0, 0, sequence);
+    const at::Tensor q = rotate(qkv[0], cos, sin);
+    const at::Tensor k = rotate(qkv[1], cos, sin);
+    const at::Tensor scores =
+        at::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_size)) +
+        causal_mask_.narrow(0, 0, sequence).narrow(1, 0, sequence);
+    const at::Tensor attended = at::matmul(at::softmax(scores, -1), qkv[2])
+                                    .transpose(1, 2)
+                                    .reshape({batch, sequence, config_.hidden});
+    const at::Tensor after_attention = x + at::linear(attended, dense_weight);
+
+    // SwiGLU MLP.
+    const std::vector<at::Tensor> gate_up =
+        at::linear(rms_norm(after_attention, mlp_norm, config_.rms_epsilon), gate_up_weight)
+            .chunk(2, -1);
+    return after_attention + at::linear(at::silu(gate_up[0]) * gate_up[1], down_weight);
+  }
+
+ private:
+  // Rotary embedding, "rotate half" convention: x * cos + rotate_half(x) * sin.
+  static at::Tensor rotate(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+    const std::vector<at::Tensor> halves = x.chunk(2, -1);
+    return x * cos + at::cat({-halves[1], halves[0]}, -1) * sin;
+  }
+
+  LlamaConfig config_;
+  std::string prefix_;
+  at::Tensor cos_;
+  at::Tensor sin_;
+  at::Tensor causal_mask_;
+  std::vector<at::Tensor> parameters_;
+};
+
+class OutputHead final : public Layer {
+ public:
+  explicit OutputHead(const LlamaConfig& config) : config_(config) {}
+  std::vector<ParameterSpec> parameter_specs() const override {
+    return {{"final_norm.weight",
+             {config_.hidden},
+             ElementType::kFloat32,
+             ParameterInit::constant(1.0)},
+            {"head.weight",
+             {config_.vocabulary, config_.hidden},
+             ElementType::kFloat32,
+             ParameterInit::normal(0, config_.init_std)}};
+  }
+  void bind(std::vector<at::Tensor> parameters) override { parameters_ = std::move(parameters); }
+  // -> logits [batch, sequence, vocabulary]
+  at::Tensor forward(const at::Tensor& x) override {
+    return at::linear(rms_norm(x, parameters_.at(0), config_.rms_epsilon), parameters_.at(1));
+  }
+
+ private:
+  LlamaConfig config_;
+  std::vector<at::Tensor> parameters_;
+};
+
+}  // namespace
+
+std::vector<std::unique_ptr<Layer>> build_llama_layers(const LlamaConfig& config) {
+  if (config.heads < 1 || config.hidden % (2 * config.heads) != 0) {
+    throw std::invalid_argument("llama: hidden size " + std::to_string(config.hidden) +
+                                " must be a multiple of 2 x heads (" +
+                                std::to_string(config.heads) + ") for rotary embeddings");
+  }
+  std::vector<std::unique_ptr<Layer>> layers;
+  layers.push_back(std::make_unique<TokenEmbedding>(config));
+  for (std::int64_t i = 0; i < config.layers; ++i) {
+    layers.push_back(std::make_unique<DecoderBlock>(config, i));
+  }
+  layers.push_back(std::make_unique<OutputHead>(config));
+  return layers;
+}
+
+}  // namespace fsdp::models

@@ -1,0 +1,32 @@
+// A small Llama-style decoder for tests and the training program (not part of
+// the runtime's core): token embedding, decoder blocks (RMSNorm, causal
+// self-attention with rotary position embeddings, SwiGLU MLP, residuals), final
+// RMSNorm and output head. Each piece is a stages::Layer, so the same objects
+// run sharded in a MultiStageModel or bound to plain tensors as a reference.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "stages/layer.h"
+
+namespace fsdp::models {
+
+struct LlamaConfig {
+  std::int64_t vocabulary = 64;
+  std::int64_t hidden = 32;
+  std::int64_t heads = 4;
+  std::int64_t intermediate = 64;
+  std::int64_t layers = 2;
+  std::int64_t max_sequence = 64;  // RoPE tables are built for this many positions
+  double rms_epsilon = 1e-5;
+  double rope_theta = 10000.0;
+  double init_std = 0.02;
+};
+
+// embedding, decoder.0 .. decoder.{layers-1}, head (final norm + output projection).
+// Throws std::invalid_argument when hidden is not a multiple of 2 x heads.
+std::vector<std::unique_ptr<stages::Layer>> build_llama_layers(const LlamaConfig& config);
+
+}  // namespace fsdp::models

@@ -1,0 +1,37 @@
+// A layer as the multi-stage model sees it: it declares its parameters without
+// allocating them, is bound afterwards to tensors that someone else owns, and
+// computes.
+//
+// Declaring first is the native form of "init on the meta device" (seed 001):
+// no rank ever allocates the whole model; a stage lays its layers' parameters
+// out, shards them, and binds the layers to views of its buffer. The same layer
+// bound to ordinary tensors is the unsharded reference the parity tests use.
+// Non-persistent buffers (RoPE inv_freq, masks) are not parameters: a layer
+// computes them in its constructor, as real tensors, so they are never lost.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <vector>
+
+#include "fsdp/flat_layout.h"
+
+namespace fsdp::stages {
+
+class Layer {
+ public:
+  virtual ~Layer() = default;
+
+  // The parameters this layer declares, with full names ("decoder.3.mlp.down.weight"),
+  // shapes and initialisers, in a fixed order.
+  virtual std::vector<ParameterSpec> parameter_specs() const = 0;
+
+  // Gives the layer its parameters, in parameter_specs() order and shapes. The
+  // layer keeps the tensors and reads them in forward(); whoever owns them
+  // guarantees they hold the weights then (a stage asserts it is restored).
+  virtual void bind(std::vector<at::Tensor> parameters) = 0;
+
+  virtual at::Tensor forward(const at::Tensor& input) = 0;
+};
+
+}  // namespace fsdp::stages
