@@ -57,12 +57,23 @@ class DecoderBlock final : public Layer {
     const auto ones = ParameterInit::constant(1.0);
     const std::int64_t h = config_.hidden;
     const std::int64_t i = config_.intermediate;
-    return {{prefix_ + "attention_norm.weight", {h}, ElementType::kFloat32, ones},
-            {prefix_ + "attention.qkv.weight", {3 * h, h}, ElementType::kFloat32, normal},
-            {prefix_ + "attention.dense.weight", {h, h}, ElementType::kFloat32, normal},
-            {prefix_ + "mlp_norm.weight", {h}, ElementType::kFloat32, ones},
-            {prefix_ + "mlp.gate_up.weight", {2 * i, h}, ElementType::kFloat32, normal},
-            {prefix_ + "mlp.down.weight", {h, i}, ElementType::kFloat32, normal}};
+    std::vector<ParameterSpec> specs = {
+        {prefix_ + "attention_norm.weight", {h}, ElementType::kFloat32, ones},
+        {prefix_ + "attention.qkv.weight", {3 * h, h}, ElementType::kFloat32, normal},
+        {prefix_ + "attention.dense.weight", {h, h}, ElementType::kFloat32, normal},
+        {prefix_ + "mlp_norm.weight", {h}, ElementType::kFloat32, ones}};
+    if (config_.experts == 0) {
+      specs.push_back({prefix_ + "mlp.gate_up.weight", {2 * i, h}, ElementType::kFloat32, normal});
+      specs.push_back({prefix_ + "mlp.down.weight", {h, i}, ElementType::kFloat32, normal});
+    } else {
+      const std::int64_t e = config_.experts;
+      specs.push_back({prefix_ + "mlp.router.weight", {e, h}, ElementType::kFloat32, normal});
+      specs.push_back(
+          {prefix_ + "mlp.experts.gate_up_proj", {e, 2 * i, h}, ElementType::kFloat32, normal});
+      specs.push_back(
+          {prefix_ + "mlp.experts.down_proj", {e, h, i}, ElementType::kFloat32, normal});
+    }
+    return specs;
   }
 
   void bind(std::vector<at::Tensor> parameters) override { parameters_ = std::move(parameters); }
@@ -72,8 +83,6 @@ class DecoderBlock final : public Layer {
     const at::Tensor& qkv_weight = parameters_.at(1);
     const at::Tensor& dense_weight = parameters_.at(2);
     const at::Tensor& mlp_norm = parameters_.at(3);
-    const at::Tensor& gate_up_weight = parameters_.at(4);
-    const at::Tensor& down_weight = parameters_.at(5);
     const std::int64_t batch = x.size(0);
     const std::int64_t sequence = x.size(1);
     const std::int64_t head_size = config_.hidden / config_.heads;
@@ -99,14 +108,45 @@ class DecoderBlock final : public Layer {
                                     .reshape({batch, sequence, config_.hidden});
     const at::Tensor after_attention = x + at::linear(attended, dense_weight);
 
-    // SwiGLU MLP.
-    const std::vector<at::Tensor> gate_up =
-        at::linear(rms_norm(after_attention, mlp_norm, config_.rms_epsilon), gate_up_weight)
-            .chunk(2, -1);
-    return after_attention + at::linear(at::silu(gate_up[0]) * gate_up[1], down_weight);
+    const at::Tensor normalized = rms_norm(after_attention, mlp_norm, config_.rms_epsilon);
+    if (config_.experts == 0) {
+      return after_attention + swiglu(normalized, parameters_.at(4), parameters_.at(5));
+    }
+    return after_attention + mixture_of_experts(normalized);
   }
 
  private:
+  // down(silu(gate) * up), with gate and up the two halves of x @ gate_up^T.
+  static at::Tensor swiglu(const at::Tensor& x, const at::Tensor& gate_up, const at::Tensor& down) {
+    const std::vector<at::Tensor> halves = at::linear(x, gate_up).chunk(2, -1);
+    return at::linear(at::silu(halves[0]) * halves[1], down);
+  }
+
+  // Top-k routing over fused experts. Each expert runs on the tokens routed to
+  // it (gathered by index), and its outputs are added back weighted by the
+  // token's renormalised router probability: differentiable end to end.
+  at::Tensor mixture_of_experts(const at::Tensor& x) const {
+    const at::Tensor& router = parameters_.at(4);
+    const at::Tensor& gate_up = parameters_.at(5);  // [E, 2I, H]
+    const at::Tensor& down = parameters_.at(6);     // [E, H, I]
+    const at::Tensor tokens = x.reshape({-1, config_.hidden});
+    const at::Tensor probabilities = at::softmax(at::linear(tokens, router), -1);
+    const auto [top_probabilities, top_experts] = probabilities.topk(config_.experts_per_token, -1);
+    const at::Tensor weights = top_probabilities / top_probabilities.sum(-1, true);
+    at::Tensor output = at::zeros_like(tokens);
+    for (std::int64_t expert = 0; expert < config_.experts; ++expert) {
+      const at::Tensor routed = top_experts.eq(expert);  // [tokens, k]
+      const at::Tensor token_index = routed.any(-1).nonzero().reshape({-1});
+      if (token_index.numel() == 0) continue;
+      const at::Tensor token_weight =
+          (weights * routed).sum(-1).index_select(0, token_index).unsqueeze(-1);
+      const at::Tensor expert_output =
+          swiglu(tokens.index_select(0, token_index), gate_up[expert], down[expert]);
+      output = output.index_add(0, token_index, expert_output * token_weight);
+    }
+    return output.view(x.sizes());
+  }
+
   // Rotary embedding, "rotate half" convention: x * cos + rotate_half(x) * sin.
   static at::Tensor rotate(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
     const std::vector<at::Tensor> halves = x.chunk(2, -1);

@@ -23,6 +23,14 @@ struct LlamaConfig {
   double rms_epsilon = 1e-5;
   double rope_theta = 10000.0;
   double init_std = 0.02;
+  // Mixture of experts: 0 for a dense SwiGLU MLP; otherwise every block's MLP
+  // is `experts` SwiGLU experts in the transformers-5 fused layout --
+  // mlp.experts.gate_up_proj [E, 2I, H] (per expert: gate rows, then up rows)
+  // and mlp.experts.down_proj [E, H, I] -- behind a softmax router
+  // (mlp.router.weight [E, H]) that sends each token to its top
+  // `experts_per_token` experts, weighted by their renormalised probabilities.
+  std::int64_t experts = 0;
+  std::int64_t experts_per_token = 2;
 };
 
 // embedding, decoder.0 .. decoder.{layers-1}, head (final norm + output projection).

@@ -29,7 +29,7 @@ constexpr std::int64_t kGlobalBatch = 12;  // divisible by 1, 2, 3 and 4
 constexpr std::int64_t kSequence = 8;
 constexpr int kSteps = 20;
 
-models::LlamaConfig tiny_llama() {
+models::LlamaConfig tiny_llama(std::int64_t experts) {
   models::LlamaConfig config;
   config.vocabulary = 32;
   config.hidden = 16;
@@ -37,6 +37,8 @@ models::LlamaConfig tiny_llama() {
   config.intermediate = 32;
   config.layers = 2;
   config.max_sequence = kSequence;
+  config.experts = experts;
+  config.experts_per_token = 2;
   return config;
 }
 
@@ -69,12 +71,16 @@ at::Tensor initial_tensor(const ParameterSpec& spec) {
 struct ParityCase {
   int zero_stage;
   int layers_per_stage;
+  std::int64_t micro_batch_rows = 0;  // gradient accumulation: rows per micro-batch (0: all)
+  std::int64_t experts = 0;           // 0: dense MLP; otherwise mixture of experts
 };
 
 void run_parity(const ParityCase& parity) {
   SCOPED_TRACE("zero " + std::to_string(parity.zero_stage) + ", layers per stage " +
-               std::to_string(parity.layers_per_stage));
-  const models::LlamaConfig config = tiny_llama();
+               std::to_string(parity.layers_per_stage) + ", micro-batch rows " +
+               std::to_string(parity.micro_batch_rows) + ", experts " +
+               std::to_string(parity.experts));
+  const models::LlamaConfig config = tiny_llama(parity.experts);
   auto group = testing::runtime().process_group();
   const int rank = group->rank();
   const std::int64_t local_batch = kGlobalBatch / group->size();
@@ -119,6 +125,22 @@ void run_parity(const ParityCase& parity) {
   model.initialize_weights(kSeed);
   ShardedAdamW optimizer(model.stages(), adam);
 
+  if (parity.experts > 0) {
+    // The experts really are fused 3-D parameters in the transformers-5 layout.
+    bool found = false;
+    for (std::size_t s = 0; s < model.stage_count(); ++s) {
+      const FlatLayout& layout = model.stage(s).layout();
+      if (!layout.contains("decoder.0.mlp.experts.gate_up_proj")) continue;
+      found = true;
+      EXPECT_EQ(
+          layout.parameter("decoder.0.mlp.experts.gate_up_proj").shape,
+          (std::vector<std::int64_t>{parity.experts, 2 * config.intermediate, config.hidden}));
+      EXPECT_EQ(layout.parameter("decoder.0.mlp.experts.down_proj").shape,
+                (std::vector<std::int64_t>{parity.experts, config.hidden, config.intermediate}));
+    }
+    EXPECT_TRUE(found) << "no fused expert parameters in the model";
+  }
+
   // Bitwise-identical initial weights, whatever the world size.
   for (std::size_t s = 0; s < model.stage_count(); ++s) {
     for (const ParameterSlot& slot : model.stage(s).layout().parameters()) {
@@ -154,13 +176,22 @@ void run_parity(const ParityCase& parity) {
     }
     reference_optimizer.step();
 
-    // Sharded step: this rank's rows, gradients averaged over ranks.
-    const at::Tensor local_inputs = inputs.narrow(0, rank * local_batch, local_batch);
-    const at::Tensor local_targets = targets.narrow(0, rank * local_batch, local_batch);
+    // Sharded step: this rank's rows, in micro-batches whose gradients add up
+    // in the buffers (each loss scaled by 1 / micro-batches, so the sum is the
+    // local mean), then averaged over ranks.
+    const std::int64_t micro_batch =
+        parity.micro_batch_rows > 0 ? parity.micro_batch_rows : local_batch;
+    const std::int64_t micro_batches = local_batch / micro_batch;
     model.zero_gradients();
-    const double local_loss = model.forward_backward(local_inputs, [&](const at::Tensor& logits) {
-      return next_token_loss(logits, local_targets);
-    });
+    double local_loss = 0;
+    for (std::int64_t micro = 0; micro < micro_batches; ++micro) {
+      const std::int64_t first_row = rank * local_batch + micro * micro_batch;
+      const at::Tensor micro_targets = targets.narrow(0, first_row, micro_batch);
+      local_loss += model.forward_backward(
+          inputs.narrow(0, first_row, micro_batch), [&](const at::Tensor& logits) {
+            return next_token_loss(logits, micro_targets) / static_cast<double>(micro_batches);
+          });
+    }
     model.reduce_gradients();
     const double norm = optimizer.step(learning_rate);
     std::vector<double> loss = {local_loss};
@@ -182,6 +213,11 @@ TEST(Parity, ZeroOneOneLayerPerStage) { run_parity({1, 1}); }
 TEST(Parity, ZeroThreeOneLayerPerStage) { run_parity({3, 1}); }
 TEST(Parity, ZeroTwoThreeLayersPerStage) { run_parity({2, 3}); }
 TEST(Parity, ZeroThreeTwoLayersPerStage) { run_parity({3, 2}); }
+// Every rank's 12 / world-size rows one row per micro-batch: the earlier
+// micro-batches' gradients must survive the later ones, at world size 1 too.
+TEST(Parity, ZeroThreeGradientAccumulation) { run_parity({3, 1, 1, 0}); }
+TEST(Parity, MixtureOfExpertsZeroOne) { run_parity({1, 1, 0, 4}); }
+TEST(Parity, MixtureOfExpertsZeroThreeAccumulating) { run_parity({3, 2, 1, 4}); }
 
 }  // namespace
 }  // namespace fsdp::stages
