@@ -14,6 +14,7 @@
 
 #include "bench/adamw_bench.h"
 #include "bench/collective_bench.h"
+#include "bench/step_bench.h"
 #include "launch/program.h"
 
 namespace po = boost::program_options;
@@ -96,6 +97,37 @@ int run(fsdp::launch::Runtime& runtime, const po::variables_map& values) {
     cases = {case_name};
   }
   for (const std::string& name : cases) {
+    if (name == "step") {
+      fsdp::bench::StepBenchOptions options;
+      options.iterations = values["iterations"].as<int>();
+      options.zero_stage = values["zero-stage"].as<int>();
+      const auto result = fsdp::bench::run_step_bench(runtime, options);
+      if (runtime.rank() != 0) continue;
+      if (values.count("json")) {
+        nlohmann::json line = {{"case", "step"},
+                               {"bytes", 0},
+                               {"ranks", runtime.world_size()},
+                               {"zero_stage", options.zero_stage},
+                               {"tokens_per_second", result.tokens_per_second},
+                               {"plain_tokens_per_second", result.plain_tokens_per_second},
+                               {"ratio", result.ratio()}};
+        std::cout << line.dump() << std::endl;
+      } else {
+        std::printf(
+            "# case step: Llama hidden %lld, %lld layers, batch %lld x %lld tokens, ZeRO-%d, "
+            "%d rank(s)\n",
+            static_cast<long long>(options.hidden), static_cast<long long>(options.layers),
+            static_cast<long long>(options.batch), static_cast<long long>(options.sequence),
+            options.zero_stage, runtime.world_size());
+        std::printf("runtime %.0f tokens/s", result.tokens_per_second);
+        if (runtime.world_size() == 1) {
+          std::printf(", plain libtorch %.0f tokens/s, ratio %.3f", result.plain_tokens_per_second,
+                      result.ratio());
+        }
+        std::printf("\n");
+      }
+      continue;
+    }
     if (name == "adamw") {
       std::vector<std::int64_t> elements;
       for (std::int64_t bytes : parse_sizes(values["sizes-mib"].as<std::string>())) {
@@ -140,14 +172,15 @@ int main(int argc, char** argv) {
   po::options_description options("Benchmark");
   options.add_options()(
       "case", po::value<std::string>()->default_value("all")->notifier([](const std::string& c) {
-        if (c != "restore" && c != "reduce" && c != "adamw" && c != "all") {
+        if (c != "restore" && c != "reduce" && c != "adamw" && c != "step" && c != "all") {
           throw po::invalid_option_value("--case " + c +
-                                         " (expected restore, reduce, adamw or all)");
+                                         " (expected restore, reduce, adamw, step or all)");
         }
       }),
       "restore: restore_parameters() vs MPI_Allgather; reduce: reduce_gradients() vs "
       "MPI_Reduce_scatter_block; adamw: fused shard AdamW vs torch::optim::AdamW (one process; "
-      "shard sizes from --sizes-mib); all: every case")(
+      "shard sizes from --sizes-mib); step: training-step tokens/s vs plain libtorch (world "
+      "size 1); all: restore, reduce and adamw")(
       "sizes-mib", po::value<std::string>()->default_value("1,4,16,64,256"),
       "stage buffer sizes, comma-separated MiB")(
       "compute-dtype",
@@ -160,6 +193,7 @@ int main(int argc, char** argv) {
       "dtype of the stage buffers")("iterations", po::value<int>()->default_value(10),
                                     "timed iterations per size")(
       "warmup", po::value<int>()->default_value(2), "untimed iterations per size")(
+      "zero-stage", po::value<int>()->default_value(1), "ZeRO stage for the step case (1, 2, 3)")(
       "json", "one JSON object per line instead of the table");
   return fsdp::launch::run_program(
       argc, argv,
