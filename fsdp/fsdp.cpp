@@ -30,10 +30,24 @@ void with_stage_context(const std::string& stage, const char* operation, Functio
   }
 }
 
+std::shared_ptr<StageBuffer> checked_shared_buffer(std::shared_ptr<StageBuffer> buffer,
+                                                   const std::string& stage, std::int64_t numel,
+                                                   c10::ScalarType dtype, c10::Device device) {
+  const at::Tensor& tensor = buffer->tensor();
+  if (tensor.numel() < numel || tensor.scalar_type() != dtype || tensor.device() != device) {
+    throw std::invalid_argument(
+        "stage '" + stage + "': the " + buffer->name() + " holds " +
+        std::to_string(tensor.numel()) + " " + c10::toString(tensor.scalar_type()) + " on " +
+        tensor.device().str() + ", but the stage needs at least " + std::to_string(numel) + " " +
+        c10::toString(dtype) + " on " + device.str());
+  }
+  return buffer;
+}
+
 }  // namespace
 
 Fsdp::Fsdp(std::string stage_name, std::vector<ParameterSpec> parameters,
-           std::shared_ptr<ProcessGroup> group, FsdpOptions options)
+           std::shared_ptr<ProcessGroup> group, FsdpOptions options, SharedStageBuffers shared)
     : stage_name_(std::move(stage_name)),
       layout_(std::move(parameters), group ? group->size() : 1, options.alignment),
       group_(std::move(group)),
@@ -55,12 +69,25 @@ Fsdp::Fsdp(std::string stage_name, std::vector<ParameterSpec> parameters,
         "(Debian's libtorch is CPU-only); build against a CUDA-enabled libtorch, or run with "
         "--backend mpi");
   }
+  const std::int64_t padded = layout_.padded_numel();
+  auto buffer_for = [&](std::shared_ptr<StageBuffer> given, const char* kind) {
+    if (given) {
+      return checked_shared_buffer(std::move(given), stage_name_, padded, options_.compute_dtype,
+                                   options_.device);
+    }
+    return std::make_shared<StageBuffer>(stage_name_ + " " + kind + " buffer", padded,
+                                         options_.compute_dtype, options_.device);
+  };
+  shares_weight_buffer_ = shared.weights != nullptr;
+  shares_gradient_buffer_ = shared.gradients != nullptr;
+  weight_storage_ = buffer_for(std::move(shared.weights), "weight");
+  gradient_storage_ = buffer_for(std::move(shared.gradients), "gradient");
+  weight_buffer_ = weight_storage_->tensor().narrow(0, 0, padded);
+  gradient_buffer_ = gradient_storage_->tensor().narrow(0, 0, padded);
   const auto on_device = at::TensorOptions().device(options_.device);
-  weight_buffer_ = at::zeros({layout_.padded_numel()}, on_device.dtype(options_.compute_dtype));
-  gradient_buffer_ = at::zeros({layout_.padded_numel()}, on_device.dtype(options_.compute_dtype));
   gradient_shard_ = at::zeros({layout_.shard_numel()}, on_device.dtype(options_.shard_dtype));
-  shard_aliases_buffer_ =
-      options_.shard_dtype == options_.compute_dtype && !options_.poison_released_buffer;
+  shard_aliases_buffer_ = options_.shard_dtype == options_.compute_dtype &&
+                          !options_.poison_released_buffer && !shares_weight_buffer_;
   if (shard_aliases_buffer_) {
     // Note [Shard aliasing]. Through variable_data(), so that writes to the
     // shard (loader, optimizer) are not tracked as in-place edits of the views.
@@ -89,8 +116,10 @@ StageMemory Fsdp::memory() const {
   memory.weight_shard =
       shard_aliases_buffer_ ? 0 : static_cast<std::int64_t>(weight_shard_.nbytes());
   memory.gradient_shard = static_cast<std::int64_t>(gradient_shard_.nbytes());
-  memory.weight_buffer = static_cast<std::int64_t>(weight_buffer_.nbytes());
-  memory.gradient_buffer = static_cast<std::int64_t>(gradient_buffer_.nbytes());
+  memory.weight_buffer =
+      shares_weight_buffer_ ? 0 : static_cast<std::int64_t>(weight_buffer_.nbytes());
+  memory.gradient_buffer =
+      shares_gradient_buffer_ ? 0 : static_cast<std::int64_t>(gradient_buffer_.nbytes());
   return memory;
 }
 
@@ -98,6 +127,7 @@ void Fsdp::initialize_weights(std::uint64_t seed) {
   // Values are generated in float64 a chunk at a time (8 MiB), then rounded
   // once into the shard: memory stays bounded whatever the parameter's size.
   constexpr std::int64_t kChunk = std::int64_t{1} << 20;
+  invalidate();  // before writing: an all-gather in flight may read the shard
   std::vector<double> staging;
   const at::Tensor shard = weight_shard_.variable_data();
   for (const OwnedSlice& slice : layout_.owned_slices(group_->rank())) {
@@ -118,11 +148,28 @@ void Fsdp::initialize_weights(std::uint64_t seed) {
           .copy_(at::from_blob(staging.data(), {count}, at::TensorOptions().dtype(at::kDouble)));
     }
   }
-  invalidate();
 }
 
-void Fsdp::restore_parameters() {
-  if (restored_) return;
+void Fsdp::load_parameter(std::string_view name, const at::Tensor& values) {
+  const ParameterSlot& slot = layout_.parameter(name);
+  if (values.sizes().vec() != slot.shape) {
+    throw std::invalid_argument("stage '" + stage_name_ + "': parameter '" + std::string(name) +
+                                "' has shape " + c10::str(c10::IntArrayRef(slot.shape)) +
+                                ", but the values given have shape " + c10::str(values.sizes()));
+  }
+  invalidate();
+  const at::Tensor flat = values.detach().reshape({-1});
+  const at::Tensor shard = weight_shard_.variable_data();
+  for (const OwnedSlice& slice : layout_.owned_slices(group_->rank())) {
+    if (layout_.parameters()[slice.parameter_index].name != name) continue;
+    shard.narrow(0, slice.shard_range.begin, slice.shard_range.size())
+        .copy_(flat.narrow(0, slice.parameter_range.begin, slice.parameter_range.size()));
+  }
+}
+
+void Fsdp::begin_restore() {
+  if (restored_ || pending_restore_) return;
+  weight_storage_->claim(stage_name_);  // Note [Buffer ordering]
   // Note [Buffer writes bypass autograd's version counter]
   // The buffer is written through variable_data(), a tensor that shares its
   // storage but not its version counter. Restoring writes the same values that
@@ -135,16 +182,39 @@ void Fsdp::restore_parameters() {
     const ElementRange own = layout_.shard_range(group_->rank());
     buffer.narrow(0, own.begin, own.size()).copy_(weight_shard_);
   }
-  with_stage_context(stage_name_, "restore_parameters",
-                     [&] { group_->all_gather_in_place(span_of(buffer)); });
+  with_stage_context(stage_name_, "restore_parameters", [&] {
+    pending_restore_ = group_->all_gather_in_place_async(span_of(buffer));
+  });
+}
+
+void Fsdp::finish_pending_restore() {
+  if (!pending_restore_) return;
+  with_stage_context(stage_name_, "restore_parameters", [&] { pending_restore_->wait(); });
+  pending_restore_.reset();
+}
+
+void Fsdp::restore_parameters() {
+  if (restored_) return;
+  begin_restore();
+  finish_pending_restore();
   restored_ = true;
 }
 
+bool Fsdp::may_begin_restore() const {
+  return restored_ || pending_restore_ || weight_storage_->may_claim(stage_name_);
+}
+
 void Fsdp::release() {
-  restored_ = false;
+  invalidate();
   if (options_.poison_released_buffer) {
     weight_buffer_.variable_data().fill_(std::numeric_limits<double>::quiet_NaN());
   }
+}
+
+void Fsdp::invalidate() {
+  finish_pending_restore();
+  restored_ = false;
+  weight_storage_->give_up(stage_name_);
 }
 
 void Fsdp::assert_restored(std::string_view parameter_name) const {
@@ -164,9 +234,21 @@ at::Tensor Fsdp::parameter(std::string_view name) const {
   return parameter_views_[index];
 }
 
-void Fsdp::zero_gradient_buffer() { gradient_buffer_.variable_data().zero_(); }
+void Fsdp::zero_gradient_buffer() {
+  gradient_storage_->claim(stage_name_);  // Note [Buffer ordering]
+  gradient_buffer_.variable_data().zero_();
+}
+
+void Fsdp::zero_gradient_shard() { gradient_shard_.variable_data().zero_(); }
 
 void Fsdp::reduce_gradients(GradientReduction reduction, GradientUpdate update) {
+  if (!gradient_storage_->may_claim(stage_name_)) {
+    throw std::logic_error("stage '" + stage_name_ + "': reduce_gradients() found its shared " +
+                           gradient_storage_->name() + " held by stage '" +
+                           gradient_storage_->holder() +
+                           "', so this stage's gradients were overwritten: reduce each stage's "
+                           "gradients before the next stage sharing the buffer runs backward");
+  }
   const ReduceOp op =
       reduction == GradientReduction::kAverage ? ReduceOp::kAverage : ReduceOp::kSum;
   const at::Tensor input = gradient_buffer_.variable_data();
@@ -193,6 +275,7 @@ void Fsdp::reduce_gradients(GradientReduction reduction, GradientUpdate update) 
       shard.copy_(reduced);
     }
   });
+  gradient_storage_->give_up(stage_name_);
 }
 
 }  // namespace fsdp

@@ -17,7 +17,7 @@
 // restore, use the inspector (fsdp/inspector.h), which reads the shards.
 //
 // Thread-safety: none; a stage is driven by one thread.
-// Collectives: restore_parameters() and reduce_gradients() are collective over
+// Collectives: restore_parameters(), begin_restore() and reduce_gradients() are collective over
 // the stage's group (every rank calls them, in the same order).
 #pragma once
 
@@ -33,6 +33,7 @@
 
 #include "fsdp/flat_layout.h"
 #include "fsdp/process_group.h"
+#include "fsdp/stage_buffer.h"
 
 namespace fsdp {
 
@@ -52,12 +53,21 @@ struct FsdpOptions {
   std::int64_t alignment = kDefaultShardAlignment;
 };
 
+// Buffers a stage uses but does not own: shared round-robin with other stages
+// (stages/multi_stage_model.h). Null members mean the stage allocates its own.
+// A shared buffer must have at least layout().padded_numel() elements of the
+// compute dtype, on the stage's device.
+struct SharedStageBuffers {
+  std::shared_ptr<StageBuffer> weights;
+  std::shared_ptr<StageBuffer> gradients;
+};
+
 // What one stage holds on this rank, in bytes (see Fsdp::memory()).
 struct StageMemory {
   std::int64_t weight_shard = 0;  // 0 when the shard aliases the buffer (Note [Shard aliasing])
   std::int64_t gradient_shard = 0;
-  std::int64_t weight_buffer = 0;
-  std::int64_t gradient_buffer = 0;
+  std::int64_t weight_buffer = 0;    // 0 when shared: its owner counts it
+  std::int64_t gradient_buffer = 0;  // 0 when shared
   std::int64_t total() const {
     return weight_shard + gradient_shard + weight_buffer + gradient_buffer;
   }
@@ -84,8 +94,11 @@ class Fsdp {
   // proportional to the model is allocated.
   // Throws std::invalid_argument for a device that does not match the group's
   // memory, a non-floating dtype, or a bad parameter list (FlatLayout's errors).
+  // With shared buffers, only the shards are allocated; the buffers'
+  // sizes, dtypes and devices are checked (std::invalid_argument naming both).
   Fsdp(std::string stage_name, std::vector<ParameterSpec> parameters,
-       std::shared_ptr<ProcessGroup> group, FsdpOptions options = {});
+       std::shared_ptr<ProcessGroup> group, FsdpOptions options = {},
+       SharedStageBuffers shared = {});
 
   Fsdp(const Fsdp&) = delete;
   Fsdp& operator=(const Fsdp&) = delete;
@@ -109,18 +122,21 @@ class Fsdp {
   // asks of callers: never write the buffer except through restore (writing a
   // parameter view in place would change the truth for this rank's slice
   // only). A stage whose buffer must be overwritten while released --
-  // poison_released_buffer here, buffers shared between stages later -- keeps
+  // poison_released_buffer, and a weight buffer shared between stages -- keeps
   // a separate shard. shard_aliases_buffer() says which case holds.
   const at::Tensor& weight_shard() const { return weight_shard_; }
   bool shard_aliases_buffer() const { return shard_aliases_buffer_; }
   // The bytes this stage holds on this rank, counted once each:
   //   shards: shard_numel x sizeof(shard dtype) each (the weight shard is free when aliased)
-  //   buffers: padded_numel x sizeof(compute dtype) each
+  //   own buffers: padded_numel x sizeof(compute dtype) each (shared ones count 0 here)
   StageMemory memory() const;
   const at::Tensor& gradient_shard() const { return gradient_shard_; }
-  // The flat buffers: 1-D, layout().padded_numel() elements each.
+  // The flat buffers: 1-D, layout().padded_numel() elements each (the start of
+  // a shared buffer, which may be larger).
   const at::Tensor& weight_buffer() const { return weight_buffer_; }
   const at::Tensor& gradient_buffer() const { return gradient_buffer_; }
+  bool shares_weight_buffer() const { return shares_weight_buffer_; }
+  bool shares_gradient_buffer() const { return shares_gradient_buffer_; }
 
   // Fills this rank's part of every parameter with its declared initial values
   // (ParameterSpec::init, fsdp/initializer.h): element i of parameter p gets a
@@ -129,16 +145,38 @@ class Fsdp {
   // bounded staging chunk; padding stays zero. Local (not collective);
   // invalidates the restored state.
   void initialize_weights(std::uint64_t seed);
+  // Writes this rank's part of parameter `name` from `values` (its full
+  // declared shape, any floating dtype, on any device) into the weight shard.
+  // Local; invalidates. Throws std::invalid_argument naming the parameter and
+  // both shapes on a mismatch. For weights that come from elsewhere (an
+  // adopted torch::nn module, a checkpoint).
+  void load_parameter(std::string_view name, const at::Tensor& values);
 
   // Makes the buffer hold every rank's weights: casts the weight shard into
-  // this rank's slice of the buffer, then all-gathers in place. Idempotent: does
-  // nothing while already restored. Collective.
+  // this rank's slice of the buffer, then all-gathers in place, and waits.
+  // Idempotent: does nothing while already restored; finishes a restore that
+  // begin_restore() started. Collective.
   void restore_parameters();
+  // Starts a restore without waiting for it (prefetch): the all-gather runs
+  // while the caller computes, and restore_parameters() finishes it. Claims
+  // the weight buffer at once (Note [Buffer ordering]); until the restore is
+  // finished the stage is not restored and assert_restored() fails. Does
+  // nothing when restored or already started. Collective.
+  void begin_restore();
   bool is_restored() const { return restored_; }
-  // Marks the buffer as no longer holding the weights (ZeRO-3 frees it for reuse).
+  bool restore_in_flight() const { return pending_restore_ != nullptr; }
+  // Whether begin_restore() could claim the weight buffer now (a shared
+  // buffer may still be held by another stage).
+  bool may_begin_restore() const;
+  // Marks the buffer as no longer holding the weights and gives it up for
+  // other stages (ZeRO-3). Waits for a restore in flight first: a collective
+  // cannot be cancelled.
   void release();
-  // The weight shard changed: the buffer is stale until the next restore.
-  void invalidate() { restored_ = false; }
+  // The weight shard is about to change or has changed: the buffer is stale
+  // until the next restore. Like release(), waits for a restore in flight --
+  // call it *before* writing the shard, which an in-flight all-gather may be
+  // reading (Note [Shard aliasing]).
+  void invalidate();
 
   // Throws NotRestoredError naming this stage and `parameter_name` unless restored.
   void assert_restored(std::string_view parameter_name) const;
@@ -149,11 +187,17 @@ class Fsdp {
   // layers once. Whoever reads them must call assert_restored() first.
   const std::vector<at::Tensor>& parameter_views() const { return parameter_views_; }
 
-  // Sets the gradient buffer to zero (before a backward pass that accumulates into it).
+  // Claims the gradient buffer (Note [Buffer ordering]) and sets it to zero:
+  // call before a backward pass that accumulates into it.
   void zero_gradient_buffer();
+  // Sets the gradient shard to zero (before accumulating reduced micro-batches into it).
+  void zero_gradient_shard();
   // Reduce-scatters the gradient buffer into the gradient shard: each rank
   // receives the sum (or average) over ranks of its own range, reduced in
-  // float32 when the buffer is 16-bit. Collective. Leaves the gradient buffer as it is.
+  // float32 when the buffer is 16-bit. Collective. Leaves the gradient buffer
+  // as it is, and gives it up: a shared gradient buffer may then be claimed by
+  // another stage. Throws std::logic_error when a shared gradient buffer is
+  // held by another stage (these gradients were overwritten).
   void reduce_gradients(GradientReduction reduction = GradientReduction::kAverage,
                         GradientUpdate update = GradientUpdate::kOverwrite);
 
@@ -164,11 +208,18 @@ class Fsdp {
   FsdpOptions options_;
   at::Tensor weight_shard_;
   at::Tensor gradient_shard_;
-  at::Tensor weight_buffer_;
-  at::Tensor gradient_buffer_;
+  std::shared_ptr<StageBuffer> weight_storage_;
+  std::shared_ptr<StageBuffer> gradient_storage_;
+  at::Tensor weight_buffer_;    // the first padded_numel elements of weight_storage_
+  at::Tensor gradient_buffer_;  // of gradient_storage_
   std::vector<at::Tensor> parameter_views_;
+  ProcessGroup::Work pending_restore_;  // the all-gather begin_restore() started
+  bool shares_weight_buffer_ = false;
+  bool shares_gradient_buffer_ = false;
   bool shard_aliases_buffer_ = false;
   bool restored_ = false;
+
+  void finish_pending_restore();
 };
 
 }  // namespace fsdp

@@ -113,10 +113,13 @@ class MpiWork final : public CollectiveWork {
       return;
     }
     start_piece(0);
+    group_.progress_engine().add_unattended();  // Note [MPI progress]
+    unattended_ = true;
   }
 
   void wait() override {
     if (finished_) return;
+    attend();  // this thread polls from here on
     const auto deadline = std::chrono::steady_clock::now() + group_.timeout();
     while (!poll()) {
       if (std::chrono::steady_clock::now() > deadline) {
@@ -143,6 +146,7 @@ class MpiWork final : public CollectiveWork {
       if (finish_) finish_(piece_);
       if (++piece_ == piece_count_) {
         finished_ = true;
+        attend();
         start_ = nullptr;  // releases staging memory the pieces captured
         finish_ = nullptr;
       } else {
@@ -163,6 +167,12 @@ class MpiWork final : public CollectiveWork {
     }
   }
 
+  void attend() {
+    if (!unattended_) return;
+    unattended_ = false;
+    group_.progress_engine().remove_unattended();
+  }
+
   MpiProcessGroup& group_;
   MPI_Request request_ = MPI_REQUEST_NULL;
   StartPiece start_;
@@ -171,6 +181,7 @@ class MpiWork final : public CollectiveWork {
   std::int64_t piece_count_ = 0;
   std::string timeout_message_;  // set when a wait() gave up
   bool finished_ = false;
+  bool unattended_ = false;  // counted by the progress engine
 };
 
 std::int64_t pieces_for(std::int64_t count, std::int64_t piece_size) {
@@ -184,6 +195,7 @@ MpiProcessGroup::MpiProcessGroup(MPI_Comm communicator, std::chrono::millisecond
   FSDP_MPI_CHECK(MPI_Comm_dup(communicator, &communicator_));
   // Errors come back as codes, so they can be reported with the call and the rank.
   FSDP_MPI_CHECK(MPI_Comm_set_errhandler(communicator_, MPI_ERRORS_RETURN));
+  progress_ = std::make_unique<MpiProgressEngine>(communicator_);
 }
 
 void MpiProcessGroup::set_staging_elements(std::int64_t elements) {
@@ -195,6 +207,7 @@ void MpiProcessGroup::set_staging_elements(std::int64_t elements) {
 }
 
 MpiProcessGroup::~MpiProcessGroup() {
+  progress_.reset();
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (!finalized && communicator_ != MPI_COMM_NULL) MPI_Comm_free(&communicator_);

@@ -9,6 +9,9 @@
 
 #include <mpi.h>
 
+#include <memory>
+
+#include "fsdp/mpi_progress.h"
 #include "fsdp/process_group.h"
 
 namespace fsdp {
@@ -37,6 +40,10 @@ class MpiProcessGroup final : public ProcessGroup {
 
   [[noreturn]] void abort_job(std::string_view message) override;
 
+  // Drives collectives that nobody is waiting on (Note [MPI progress]).
+  MpiProgressEngine& progress_engine() { return *progress_; }
+  bool has_background_progress() const { return progress_->running(); }
+
  private:
   Work start_all_gather_in_place(TensorSpan buffer, std::string description) override;
   Work start_reduce_scatter(TensorSpan input, TensorSpan output, ReduceOp op,
@@ -47,6 +54,7 @@ class MpiProcessGroup final : public ProcessGroup {
 
   MPI_Comm communicator_ = MPI_COMM_NULL;
   std::int64_t staging_elements_ = kDefaultStagingElements;
+  std::unique_ptr<MpiProgressEngine> progress_;
 };
 
 }  // namespace fsdp

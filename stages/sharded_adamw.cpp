@@ -69,6 +69,7 @@ double ShardedAdamW::step(double learning_rate) {
   for (std::size_t s = 0; s < stages_.size(); ++s) {
     Fsdp& stage = *stages_[s];
     StageState& state = states_[s];
+    stage.invalidate();  // before writing: an all-gather in flight may read the shard
     const at::Tensor weights = stage.weight_shard().variable_data();
     for (const DecayRun& run : state.runs) {
       const kernels::AdamWArrays arrays{weights.data_ptr<float>() + run.begin,
@@ -84,7 +85,6 @@ double ShardedAdamW::step(double learning_rate) {
         kernels::adamw_step_on_host(arrays, hyper, steps_taken_, decay, scale);
       }
     }
-    stage.invalidate();
   }
   return norm;
 }
