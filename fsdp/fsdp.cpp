@@ -219,6 +219,13 @@ void Fsdp::invalidate() {
 
 void Fsdp::assert_restored(std::string_view parameter_name) const {
   if (restored_) return;
+  if (pending_restore_) {
+    throw NotRestoredError("stage '" + stage_name_ + "': parameter '" +
+                           std::string(parameter_name) +
+                           "' was read while the stage's all-gather (started by begin_restore(), "
+                           "a prefetch) is still in flight; call restore_parameters() to finish "
+                           "it before forward.");
+  }
   throw NotRestoredError(
       "stage '" + stage_name_ + "': parameter '" + std::string(parameter_name) +
       "' was read while the stage's weights are not restored. Its view of the weight buffer "

@@ -35,8 +35,9 @@ class TokenEmbedding final : public Layer {
 
 class DecoderBlock final : public Layer {
  public:
-  DecoderBlock(const LlamaConfig& config, std::int64_t index)
-      : config_(config), prefix_("decoder." + std::to_string(index) + ".") {
+  // `prefix` names the parameters: "decoder.3." for a block of its own, "decoder." inside a stack.
+  DecoderBlock(const LlamaConfig& config, std::string prefix)
+      : config_(config), prefix_(std::move(prefix)) {
     const std::int64_t head_size = config.hidden / config.heads;
     // Non-persistent buffers, computed here as real tensors (seed 001's RoPE
     // inv_freq lost on the meta device cannot happen: they are not parameters).
@@ -161,6 +162,43 @@ class DecoderBlock final : public Layer {
   std::vector<at::Tensor> parameters_;
 };
 
+// Every decoder block's parameters stacked along a leading [layers] dimension;
+// block l computes with slice l of each.
+class StackedDecoder final : public Layer {
+ public:
+  explicit StackedDecoder(const LlamaConfig& config) {
+    for (std::int64_t l = 0; l < config.layers; ++l) {
+      blocks_.push_back(std::make_unique<DecoderBlock>(config, "decoder."));
+    }
+  }
+  std::vector<ParameterSpec> parameter_specs() const override {
+    std::vector<ParameterSpec> specs = blocks_.front()->parameter_specs();
+    for (ParameterSpec& spec : specs) {
+      spec.shape.insert(spec.shape.begin(), static_cast<std::int64_t>(blocks_.size()));
+    }
+    return specs;
+  }
+  void bind(std::vector<at::Tensor> parameters) override { stacked_ = std::move(parameters); }
+  at::Tensor forward(const at::Tensor& x) override {
+    at::Tensor activation = x;
+    for (std::size_t l = 0; l < blocks_.size(); ++l) {
+      // Slices are taken here, inside the graph of this forward, so that
+      // autograd routes each block's gradients into its slice of the stack.
+      std::vector<at::Tensor> slices;
+      for (const at::Tensor& stacked : stacked_) {
+        slices.push_back(stacked.select(0, static_cast<std::int64_t>(l)));
+      }
+      blocks_[l]->bind(std::move(slices));
+      activation = blocks_[l]->forward(activation);
+    }
+    return activation;
+  }
+
+ private:
+  std::vector<std::unique_ptr<DecoderBlock>> blocks_;
+  std::vector<at::Tensor> stacked_;
+};
+
 class OutputHead final : public Layer {
  public:
   explicit OutputHead(const LlamaConfig& config) : config_(config) {}
@@ -169,7 +207,7 @@ class OutputHead final : public Layer {
              {config_.hidden},
              ElementType::kFloat32,
              ParameterInit::constant(1.0)},
-            {"head.weight",
+            {config_.tie_embeddings ? "embedding.weight" : "head.weight",
              {config_.vocabulary, config_.hidden},
              ElementType::kFloat32,
              ParameterInit::normal(0, config_.init_std)}};
@@ -193,10 +231,18 @@ std::vector<std::unique_ptr<Layer>> build_llama_layers(const LlamaConfig& config
                                 " must be a multiple of 2 x heads (" +
                                 std::to_string(config.heads) + ") for rotary embeddings");
   }
+  if (config.stacked_layers && config.layers < 1) {
+    throw std::invalid_argument("llama: stacked_layers needs at least one decoder layer");
+  }
   std::vector<std::unique_ptr<Layer>> layers;
   layers.push_back(std::make_unique<TokenEmbedding>(config));
-  for (std::int64_t i = 0; i < config.layers; ++i) {
-    layers.push_back(std::make_unique<DecoderBlock>(config, i));
+  if (config.stacked_layers) {
+    layers.push_back(std::make_unique<StackedDecoder>(config));
+  } else {
+    for (std::int64_t i = 0; i < config.layers; ++i) {
+      layers.push_back(
+          std::make_unique<DecoderBlock>(config, "decoder." + std::to_string(i) + "."));
+    }
   }
   layers.push_back(std::make_unique<OutputHead>(config));
   return layers;

@@ -31,9 +31,18 @@ struct LlamaConfig {
   // `experts_per_token` experts, weighted by their renormalised probabilities.
   std::int64_t experts = 0;
   std::int64_t experts_per_token = 2;
+  // The output head reuses the input embedding ("embedding.weight", HF's
+  // tie_word_embeddings): one parameter, gradients of both uses summed.
+  bool tie_embeddings = false;
+  // All decoder blocks as one layer whose parameters are stacked along a
+  // leading [layers] dimension ("decoder.attention.qkv.weight" of shape
+  // [L, 3H, H], ...), the layout of seed 003. The stack is one layer, so it
+  // sits in one stage.
+  bool stacked_layers = false;
 };
 
-// embedding, decoder.0 .. decoder.{layers-1}, head (final norm + output projection).
+// embedding, decoder.0 .. decoder.{layers-1} (or one stacked "decoder"), head
+// (final norm + output projection).
 // Throws std::invalid_argument when hidden is not a multiple of 2 x heads.
 std::vector<std::unique_ptr<stages::Layer>> build_llama_layers(const LlamaConfig& config);
 

@@ -32,6 +32,12 @@ class Layer {
   virtual void bind(std::vector<at::Tensor> parameters) = 0;
 
   virtual at::Tensor forward(const at::Tensor& input) = 0;
+
+  // Values that replace parameter `index`'s declared initialiser (index in
+  // parameter_specs() order), or an undefined tensor to keep the initialiser.
+  // For layers that bring their own weights (an adopted torch::nn module);
+  // MultiStageModel::initialize_weights() writes them into the shards.
+  virtual at::Tensor initial_value(std::size_t index) const { return {}; }
 };
 
 }  // namespace fsdp::stages

@@ -417,6 +417,112 @@ TEST(Fsdp, MemoryReportMatchesTheFormula) {
   }
 }
 
+TEST(Fsdp, PrefetchedRestoreIsNotUsableUntilFinished) {
+  Fsdp stage("decoder.0", test_parameters(), group(), test_options());
+  fill_shard(stage, false);
+  stage.begin_restore();
+  EXPECT_TRUE(stage.restore_in_flight());
+  EXPECT_FALSE(stage.is_restored());
+  try {
+    stage.assert_restored("norm");
+    ADD_FAILURE() << "a parameter was usable while its all-gather was in flight";
+  } catch (const NotRestoredError& error) {
+    EXPECT_NE(std::string(error.what()).find("still in flight"), std::string::npos) << error.what();
+  }
+  stage.begin_restore();  // a second start is a no-op, not a second collective
+  stage.restore_parameters();
+  EXPECT_FALSE(stage.restore_in_flight());
+  expect_all_views_exact(stage, false);
+  // Releasing or invalidating with a restore in flight waits for it first.
+  stage.release();
+  stage.begin_restore();
+  stage.invalidate();
+  EXPECT_FALSE(stage.restore_in_flight());
+  EXPECT_FALSE(stage.is_restored());
+}
+
+// Two stages take turns in one weight buffer and one gradient buffer
+// (Note [Buffer ordering]): each sees its own weights when restored, and a
+// stage cannot claim a buffer the other still holds.
+TEST(Fsdp, SharedBuffersTakeTurnsAndRefuseToOverwrite) {
+  const FsdpOptions options = test_options();
+  const FlatLayout big(test_parameters(), ranks(), options.alignment);
+  SharedStageBuffers shared;
+  shared.weights = std::make_shared<StageBuffer>("shared weight buffer 0", big.padded_numel(),
+                                                 at::kFloat, c10::Device(c10::kCPU));
+  shared.gradients = std::make_shared<StageBuffer>("shared gradient buffer 0", big.padded_numel(),
+                                                   at::kFloat, c10::Device(c10::kCPU));
+  Fsdp first("stage.0", test_parameters(), group(), options, shared);
+  Fsdp second("stage.1", {{"norm", {7}}, {"scale", {}}}, group(), options, shared);
+  EXPECT_FALSE(first.shard_aliases_buffer());  // the buffer is overwritten while released
+  EXPECT_EQ(first.memory().weight_buffer, 0);  // the model counts shared buffers once
+  EXPECT_EQ(first.memory().weight_shard, first.layout().shard_numel() * 4);
+  EXPECT_EQ(first.weight_buffer().data_ptr(), second.weight_buffer().data_ptr());
+  fill_shard(first, false);
+  second.weight_shard().fill_(-1.0);
+  second.invalidate();
+
+  first.restore_parameters();
+  EXPECT_FALSE(second.may_begin_restore());
+  try {
+    second.restore_parameters();
+    ADD_FAILURE() << "stage.1 overwrote the weights stage.0 still holds";
+  } catch (const std::logic_error& error) {
+    const std::string message = error.what();
+    EXPECT_NE(message.find("stage 'stage.1' needs the shared weight buffer 0"), std::string::npos)
+        << message;
+    EXPECT_NE(message.find("stage 'stage.0' still holds"), std::string::npos) << message;
+  }
+  expect_all_views_exact(first, false);
+  first.release();
+  second.restore_parameters();
+  EXPECT_TRUE(second.parameter("norm").eq(-1).all().item<bool>() || ranks() > 1);
+  EXPECT_THROW(first.assert_restored("norm"), NotRestoredError);
+  second.release();
+  first.restore_parameters();  // its own weights again, from its shard
+  expect_all_views_exact(first, false);
+
+  // Gradients: a stage holds the shared gradient buffer from zeroing to reducing.
+  first.zero_gradient_buffer();
+  EXPECT_THROW(second.zero_gradient_buffer(), std::logic_error);
+  first.reduce_gradients();
+  second.zero_gradient_buffer();
+  EXPECT_THROW(first.reduce_gradients(), std::logic_error);  // its gradients are gone
+  second.reduce_gradients();
+}
+
+TEST(Fsdp, SharedBufferTooSmallIsRejectedWithBothSizes) {
+  SharedStageBuffers shared;
+  shared.weights = std::make_shared<StageBuffer>("shared weight buffer 0", 8, at::kFloat,
+                                                 c10::Device(c10::kCPU));
+  try {
+    Fsdp stage("stage.3", test_parameters(), group(), test_options(), shared);
+    ADD_FAILURE() << "a stage was built on a buffer too small for it";
+  } catch (const std::invalid_argument& error) {
+    const std::string message = error.what();
+    EXPECT_NE(message.find("stage 'stage.3'"), std::string::npos) << message;
+    EXPECT_NE(message.find("holds 8 Float on cpu, but the stage needs at least"), std::string::npos)
+        << message;
+  }
+}
+
+TEST(Fsdp, LoadParameterWritesOnlyTheOwnedPart) {
+  Fsdp stage("decoder.0", test_parameters(), group(), test_options());
+  const at::Tensor values = at::arange(91, at::kFloat).view({13, 7});
+  stage.load_parameter("embedding", values);
+  EXPECT_TRUE(read_parameter(stage, "embedding").equal(values));
+  stage.restore_parameters();
+  EXPECT_TRUE(stage.parameter("embedding").equal(values));
+  try {
+    stage.load_parameter("embedding", at::zeros({7, 13}));
+    ADD_FAILURE() << "a parameter was loaded from a tensor of the wrong shape";
+  } catch (const std::invalid_argument& error) {
+    const std::string message = error.what();
+    EXPECT_NE(message.find("'embedding' has shape [13, 7]"), std::string::npos) << message;
+    EXPECT_NE(message.find("[7, 13]"), std::string::npos) << message;
+  }
+}
+
 TEST(Fsdp, RejectsADeviceTheGroupCannotServe) {
   FsdpOptions options = test_options();
   options.device = c10::Device(c10::DeviceType::CUDA, 0);

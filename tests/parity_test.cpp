@@ -1,10 +1,12 @@
 // Parity, the gold standard: the sharded runtime (multi-stage model, data
 // parallel over the ranks, ShardedAdamW with global-norm clipping and the
 // schedule) against plain unsharded libtorch (the same layers bound to
-// ordinary tensors, the whole batch, torch::optim::AdamW), at world sizes 1-4,
-// ZeRO 1 and 3, one or several layers per stage. The initial weights must be
-// bitwise equal; per-step losses within 1e-5 relative for 20 steps (float32:
-// the only differences are the order of the batch reductions across ranks).
+// ordinary tensors, the whole batch, torch::optim::AdamW), at world sizes 1-4:
+// the matrix ZeRO 1/2/3 x prefetch off/on x dense/MoE x untied/tied, plus
+// several layers per stage, gradient accumulation, shared buffers and stacked
+// layers. The initial weights must be bitwise equal; per-step losses within
+// 1e-5 relative for 20 steps (float32: the only differences are the order of
+// the batch reductions across ranks).
 #include <gtest/gtest.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/optim/adamw.h>
@@ -12,6 +14,9 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <functional>
+#include <map>
+#include <tuple>
 
 #include "fsdp/inspector.h"
 #include "fsdp/torch_interop.h"
@@ -29,7 +34,7 @@ constexpr std::int64_t kGlobalBatch = 12;  // divisible by 1, 2, 3 and 4
 constexpr std::int64_t kSequence = 8;
 constexpr int kSteps = 20;
 
-models::LlamaConfig tiny_llama(std::int64_t experts) {
+models::LlamaConfig tiny_llama(std::int64_t experts, bool tied, bool stacked) {
   models::LlamaConfig config;
   config.vocabulary = 32;
   config.hidden = 16;
@@ -39,6 +44,8 @@ models::LlamaConfig tiny_llama(std::int64_t experts) {
   config.max_sequence = kSequence;
   config.experts = experts;
   config.experts_per_token = 2;
+  config.tie_embeddings = tied;
+  config.stacked_layers = stacked;
   return config;
 }
 
@@ -69,18 +76,29 @@ at::Tensor initial_tensor(const ParameterSpec& spec) {
 }
 
 struct ParityCase {
-  int zero_stage;
-  int layers_per_stage;
+  int zero_stage = 1;
+  int layers_per_stage = 1;
   std::int64_t micro_batch_rows = 0;  // gradient accumulation: rows per micro-batch (0: all)
   std::int64_t experts = 0;           // 0: dense MLP; otherwise mixture of experts
+  bool prefetch = false;
+  bool tied = false;  // output head = input embedding
+  int shared_weight_buffers = 0;
+  int shared_gradient_buffers = 0;
+  bool stacked = false;  // decoder layers as [L, ...] parameters
+
+  std::string describe() const {
+    return "zero " + std::to_string(zero_stage) + ", layers per stage " +
+           std::to_string(layers_per_stage) + ", micro-batch rows " +
+           std::to_string(micro_batch_rows) + ", experts " + std::to_string(experts) +
+           ", prefetch " + std::to_string(prefetch) + ", tied " + std::to_string(tied) +
+           ", shared weight/gradient buffers " + std::to_string(shared_weight_buffers) + "/" +
+           std::to_string(shared_gradient_buffers) + ", stacked " + std::to_string(stacked);
+  }
 };
 
 void run_parity(const ParityCase& parity) {
-  SCOPED_TRACE("zero " + std::to_string(parity.zero_stage) + ", layers per stage " +
-               std::to_string(parity.layers_per_stage) + ", micro-batch rows " +
-               std::to_string(parity.micro_batch_rows) + ", experts " +
-               std::to_string(parity.experts));
-  const models::LlamaConfig config = tiny_llama(parity.experts);
+  SCOPED_TRACE(parity.describe());
+  const models::LlamaConfig config = tiny_llama(parity.experts, parity.tied, parity.stacked);
   auto group = testing::runtime().process_group();
   const int rank = group->rank();
   const std::int64_t local_batch = kGlobalBatch / group->size();
@@ -96,16 +114,22 @@ void run_parity(const ParityCase& parity) {
   std::vector<at::Tensor> reference_parameters;
   std::vector<ParameterSpec> reference_specs;
   std::vector<at::Tensor> decayed, not_decayed;
+  std::map<std::string, at::Tensor> by_name;  // a tied parameter is one tensor
   for (auto& layer : reference_layers) {
     std::vector<at::Tensor> bound;
     for (const ParameterSpec& spec : layer->parameter_specs()) {
-      bound.push_back(initial_tensor(spec).set_requires_grad(true));
-      reference_parameters.push_back(bound.back());
-      reference_specs.push_back(spec);
-      (spec.shape.size() >= 2 ? decayed : not_decayed).push_back(bound.back());
+      auto [entry, inserted] = by_name.try_emplace(spec.name);
+      if (inserted) {
+        entry->second = initial_tensor(spec).set_requires_grad(true);
+        reference_parameters.push_back(entry->second);
+        reference_specs.push_back(spec);
+        (spec.shape.size() >= 2 ? decayed : not_decayed).push_back(entry->second);
+      }
+      bound.push_back(entry->second);
     }
     layer->bind(bound);
   }
+  EXPECT_EQ(by_name.count("head.weight"), parity.tied ? 0u : 1u);
   auto group_options = [&](double decay) {
     auto o = std::make_unique<torch::optim::AdamWOptions>(1.0);
     o->betas({adam.beta1, adam.beta2}).eps(adam.epsilon).weight_decay(decay);
@@ -120,35 +144,46 @@ void run_parity(const ParityCase& parity) {
   MultiStageOptions options;
   options.zero_stage = parity.zero_stage;
   options.layers_per_stage = parity.layers_per_stage;
+  options.prefetch = parity.prefetch;
+  options.shared_weight_buffers = parity.shared_weight_buffers;
+  options.shared_gradient_buffers = parity.shared_gradient_buffers;
   options.fsdp.alignment = 8;
   MultiStageModel model(models::build_llama_layers(config), group, options);
   model.initialize_weights(kSeed);
+  EXPECT_EQ(model.tied_stage() != nullptr, parity.tied);
   ShardedAdamW optimizer(model.stages(), adam);
 
   if (parity.experts > 0) {
     // The experts really are fused 3-D parameters in the transformers-5 layout.
     bool found = false;
-    for (std::size_t s = 0; s < model.stage_count(); ++s) {
-      const FlatLayout& layout = model.stage(s).layout();
-      if (!layout.contains("decoder.0.mlp.experts.gate_up_proj")) continue;
+    const std::string prefix = parity.stacked ? "decoder." : "decoder.0.";
+    std::vector<std::int64_t> gate_up = {parity.experts, 2 * config.intermediate, config.hidden};
+    std::vector<std::int64_t> down = {parity.experts, config.hidden, config.intermediate};
+    if (parity.stacked) {
+      gate_up.insert(gate_up.begin(), config.layers);
+      down.insert(down.begin(), config.layers);
+    }
+    for (Fsdp* stage : model.stages()) {
+      const FlatLayout& layout = stage->layout();
+      if (!layout.contains(prefix + "mlp.experts.gate_up_proj")) continue;
       found = true;
-      EXPECT_EQ(
-          layout.parameter("decoder.0.mlp.experts.gate_up_proj").shape,
-          (std::vector<std::int64_t>{parity.experts, 2 * config.intermediate, config.hidden}));
-      EXPECT_EQ(layout.parameter("decoder.0.mlp.experts.down_proj").shape,
-                (std::vector<std::int64_t>{parity.experts, config.hidden, config.intermediate}));
+      EXPECT_EQ(layout.parameter(prefix + "mlp.experts.gate_up_proj").shape, gate_up);
+      EXPECT_EQ(layout.parameter(prefix + "mlp.experts.down_proj").shape, down);
     }
     EXPECT_TRUE(found) << "no fused expert parameters in the model";
   }
 
   // Bitwise-identical initial weights, whatever the world size.
-  for (std::size_t s = 0; s < model.stage_count(); ++s) {
-    for (const ParameterSlot& slot : model.stage(s).layout().parameters()) {
-      EXPECT_TRUE(read_parameter(model.stage(s), slot.name)
+  std::size_t parameter_count = 0;
+  for (Fsdp* stage : model.stages()) {
+    for (const ParameterSlot& slot : stage->layout().parameters()) {
+      ++parameter_count;
+      EXPECT_TRUE(read_parameter(*stage, slot.name)
                       .equal(initial_tensor({slot.name, slot.shape, slot.dtype, slot.init})))
           << slot.name;
     }
   }
+  EXPECT_EQ(parameter_count, reference_parameters.size());
 
   double first_loss = 0;
   double last_loss = 0;
@@ -209,15 +244,81 @@ void run_parity(const ParityCase& parity) {
     std::cout << "[ parity   ] loss " << first_loss << " -> " << last_loss << std::endl;
 }
 
-TEST(Parity, ZeroOneOneLayerPerStage) { run_parity({1, 1}); }
-TEST(Parity, ZeroThreeOneLayerPerStage) { run_parity({3, 1}); }
-TEST(Parity, ZeroTwoThreeLayersPerStage) { run_parity({2, 3}); }
-TEST(Parity, ZeroThreeTwoLayersPerStage) { run_parity({3, 2}); }
+// The matrix: ZeRO 1/2/3 x prefetch x dense/MoE x untied/tied, one layer per
+// stage (the most stage boundaries; with tied embeddings stage 0 has no
+// parameters of its own).
+class ParityMatrix : public ::testing::TestWithParam<std::tuple<int, bool, bool, bool>> {};
+
+TEST_P(ParityMatrix, MatchesUnshardedLibtorch) {
+  ParityCase parity;
+  parity.zero_stage = std::get<0>(GetParam());
+  parity.prefetch = std::get<1>(GetParam());
+  parity.experts = std::get<2>(GetParam()) ? 4 : 0;
+  parity.tied = std::get<3>(GetParam());
+  run_parity(parity);
+}
+
+INSTANTIATE_TEST_SUITE_P(ZeroPrefetchMoeTied, ParityMatrix,
+                         ::testing::Combine(::testing::Values(1, 2, 3), ::testing::Bool(),
+                                            ::testing::Bool(), ::testing::Bool()));
+
+ParityCase with(ParityCase parity, std::function<void(ParityCase&)> change) {
+  change(parity);
+  return parity;
+}
+
+TEST(Parity, ZeroTwoThreeLayersPerStage) {
+  run_parity(with({}, [](ParityCase& p) { p.zero_stage = 2, p.layers_per_stage = 3; }));
+}
+TEST(Parity, ZeroThreeTwoLayersPerStagePrefetch) {
+  run_parity(
+      with({}, [](ParityCase& p) { p.zero_stage = 3, p.layers_per_stage = 2, p.prefetch = true; }));
+}
 // Every rank's 12 / world-size rows one row per micro-batch: the earlier
 // micro-batches' gradients must survive the later ones, at world size 1 too.
-TEST(Parity, ZeroThreeGradientAccumulation) { run_parity({3, 1, 1, 0}); }
-TEST(Parity, MixtureOfExpertsZeroOne) { run_parity({1, 1, 0, 4}); }
-TEST(Parity, MixtureOfExpertsZeroThreeAccumulating) { run_parity({3, 2, 1, 4}); }
+TEST(Parity, ZeroOneGradientAccumulation) {
+  run_parity(with({}, [](ParityCase& p) { p.zero_stage = 1, p.micro_batch_rows = 1; }));
+}
+TEST(Parity, ZeroThreeGradientAccumulation) {
+  run_parity(with({}, [](ParityCase& p) { p.zero_stage = 3, p.micro_batch_rows = 1; }));
+}
+TEST(Parity, MixtureOfExpertsZeroThreeAccumulatingTied) {
+  run_parity(with({}, [](ParityCase& p) {
+    p.zero_stage = 3, p.layers_per_stage = 2, p.micro_batch_rows = 1, p.experts = 4, p.tied = true;
+  }));
+}
+// ZeRO-3 with 2 shared weight buffers and 2 shared gradient buffers, with and
+// without prefetch (which alternates between the two).
+TEST(Parity, ZeroThreeTwoSharedBuffers) {
+  run_parity(with({}, [](ParityCase& p) {
+    p.zero_stage = 3, p.shared_weight_buffers = 2, p.shared_gradient_buffers = 2;
+  }));
+}
+TEST(Parity, ZeroThreeTwoSharedBuffersPrefetchAccumulating) {
+  run_parity(with({}, [](ParityCase& p) {
+    p.zero_stage = 3, p.shared_weight_buffers = 2, p.shared_gradient_buffers = 2;
+    p.prefetch = true, p.micro_batch_rows = 1, p.tied = true;
+  }));
+}
+// One shared weight buffer: prefetch can never start (the next stage's buffer
+// is the current one) and must step aside rather than overwrite it.
+TEST(Parity, ZeroThreeOneSharedBufferPrefetchStepsAside) {
+  run_parity(with({}, [](ParityCase& p) {
+    p.zero_stage = 3, p.shared_weight_buffers = 1, p.shared_gradient_buffers = 1;
+    p.prefetch = true;
+  }));
+}
+TEST(Parity, ZeroTwoOneSharedGradientBuffer) {
+  run_parity(with({}, [](ParityCase& p) { p.zero_stage = 2, p.shared_gradient_buffers = 1; }));
+}
+TEST(Parity, StackedLayers) {
+  run_parity(
+      with({}, [](ParityCase& p) { p.zero_stage = 3, p.stacked = true, p.prefetch = true; }));
+}
+TEST(Parity, StackedMixtureOfExpertsTied) {
+  run_parity(with(
+      {}, [](ParityCase& p) { p.zero_stage = 1, p.stacked = true, p.experts = 4, p.tied = true; }));
+}
 
 }  // namespace
 }  // namespace fsdp::stages
