@@ -103,28 +103,44 @@ int run(fsdp::launch::Runtime& runtime, const po::variables_map& values) {
       options.zero_stage = values["zero-stage"].as<int>();
       const auto result = fsdp::bench::run_step_bench(runtime, options);
       if (runtime.rank() != 0) continue;
+      const bool single = runtime.world_size() == 1;
       if (values.count("json")) {
         nlohmann::json line = {{"case", "step"},
                                {"bytes", 0},
                                {"ranks", runtime.world_size()},
                                {"zero_stage", options.zero_stage},
                                {"tokens_per_second", result.tokens_per_second},
-                               {"plain_tokens_per_second", result.plain_tokens_per_second},
+                               {"exposed_ms", result.exposed_milliseconds},
                                {"ratio", result.ratio()}};
+        if (single) {
+          line["plain_tokens_per_second"] = result.plain_tokens_per_second;
+        } else {
+          line["prefetch_tokens_per_second"] = result.prefetch_tokens_per_second;
+          line["prefetch_exposed_ms"] = result.prefetch_exposed_milliseconds;
+        }
         std::cout << line.dump() << std::endl;
       } else {
         std::printf(
-            "# case step: Llama hidden %lld, %lld layers, batch %lld x %lld tokens, ZeRO-%d, "
-            "%d rank(s)\n",
+            "# case step: Llama hidden %lld, %lld layers, batch %lld x %lld tokens, ZeRO-%d%s, "
+            "%d rank(s); exposed = host ms per step in collectives\n",
             static_cast<long long>(options.hidden), static_cast<long long>(options.layers),
             static_cast<long long>(options.batch), static_cast<long long>(options.sequence),
-            options.zero_stage, runtime.world_size());
-        std::printf("runtime %.0f tokens/s", result.tokens_per_second);
-        if (runtime.world_size() == 1) {
-          std::printf(", plain libtorch %.0f tokens/s, ratio %.3f", result.plain_tokens_per_second,
-                      result.ratio());
+            options.zero_stage, options.zero_stage == 3 ? " (2 shared buffers)" : "",
+            runtime.world_size());
+        if (single) {
+          std::printf(
+              "runtime %.0f tokens/s (exposed %.2f ms), plain libtorch %.0f tokens/s, "
+              "ratio %.3f\n",
+              result.tokens_per_second, result.exposed_milliseconds, result.plain_tokens_per_second,
+              result.ratio());
+        } else {
+          std::printf(
+              "prefetch off %.0f tokens/s (exposed %.2f ms), prefetch on %.0f tokens/s "
+              "(exposed %.2f ms), on/off %.3f\n",
+              result.tokens_per_second, result.exposed_milliseconds,
+              result.prefetch_tokens_per_second, result.prefetch_exposed_milliseconds,
+              result.ratio());
         }
-        std::printf("\n");
       }
       continue;
     }
@@ -193,7 +209,8 @@ int main(int argc, char** argv) {
       "dtype of the stage buffers")("iterations", po::value<int>()->default_value(10),
                                     "timed iterations per size")(
       "warmup", po::value<int>()->default_value(2), "untimed iterations per size")(
-      "zero-stage", po::value<int>()->default_value(1), "ZeRO stage for the step case (1, 2, 3)")(
+      "zero-stage", po::value<int>()->default_value(3),
+      "ZeRO stage for the step case (1, 2, 3; 3 uses 2 shared buffers)")(
       "json", "one JSON object per line instead of the table");
   return fsdp::launch::run_program(
       argc, argv,

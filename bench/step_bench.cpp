@@ -1,11 +1,13 @@
 #include "bench/step_bench.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <mpi.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/optim/adamw.h>
 
 #include <algorithm>
+#include <functional>
 
 #include "models/llama.h"
 #include "stages/multi_stage_model.h"
@@ -23,6 +25,36 @@ at::Tensor loss_of(const at::Tensor& logits, const at::Tensor& targets) {
   return at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
 }
 
+// One runtime configuration: a model, its optimizer, and its step.
+struct RuntimeUnderTest {
+  std::unique_ptr<stages::MultiStageModel> model;
+  std::unique_ptr<stages::ShardedAdamW> optimizer;
+
+  RuntimeUnderTest(const models::LlamaConfig& config, launch::Runtime& runtime, int zero_stage,
+                   bool prefetch) {
+    stages::MultiStageOptions options;
+    options.zero_stage = zero_stage;
+    options.prefetch = prefetch;
+    if (zero_stage == 3) {
+      options.shared_weight_buffers = 2;
+      options.shared_gradient_buffers = 2;
+    }
+    model = std::make_unique<stages::MultiStageModel>(models::build_llama_layers(config),
+                                                      runtime.process_group(), options);
+    model->initialize_weights(1);
+    optimizer =
+        std::make_unique<stages::ShardedAdamW>(model->stages(), stages::ShardedAdamWOptions{});
+  }
+
+  void step(const at::Tensor& inputs, const at::Tensor& targets) {
+    model->zero_gradients();
+    model->forward_backward(inputs,
+                            [&](const at::Tensor& logits) { return loss_of(logits, targets); });
+    model->reduce_gradients();
+    optimizer->step(1e-3);
+  }
+};
+
 }  // namespace
 
 StepBenchResult run_step_bench(launch::Runtime& runtime, const StepBenchOptions& options) {
@@ -39,50 +71,17 @@ StepBenchResult run_step_bench(launch::Runtime& runtime, const StepBenchOptions&
                                 " does not split over " + std::to_string(ranks) + " ranks");
   }
   const std::int64_t local_batch = options.batch / ranks;
+  at::set_num_threads(runtime.compute_threads());
   at::manual_seed(3);
   const at::Tensor tokens = at::randint(config.vocabulary, {options.batch, options.sequence + 1});
   const at::Tensor inputs = tokens.narrow(1, 0, options.sequence);
   const at::Tensor targets = tokens.narrow(1, 1, options.sequence);
   const at::Tensor local_inputs = inputs.narrow(0, runtime.rank() * local_batch, local_batch);
   const at::Tensor local_targets = targets.narrow(0, runtime.rank() * local_batch, local_batch);
-
-  stages::MultiStageOptions model_options;
-  model_options.zero_stage = options.zero_stage;
-  stages::MultiStageModel model(models::build_llama_layers(config), runtime.process_group(),
-                                model_options);
-  model.initialize_weights(1);
-  stages::ShardedAdamW optimizer(model.stages(), {});
-
-  // Plain libtorch: the same layers on ordinary tensors.
-  auto plain_layers = models::build_llama_layers(config);
-  std::vector<at::Tensor> plain_parameters;
-  for (auto& layer : plain_layers) {
-    std::vector<at::Tensor> bound;
-    for (const ParameterSpec& spec : layer->parameter_specs()) {
-      bound.push_back(at::randn(spec.shape).mul(0.02).set_requires_grad(true));
-      plain_parameters.push_back(bound.back());
-    }
-    layer->bind(bound);
-  }
-  torch::optim::AdamW plain_optimizer(plain_parameters, torch::optim::AdamWOptions(1e-3));
-  const bool run_plain = ranks == 1;
-
-  auto our_step = [&] {
-    model.zero_gradients();
-    model.forward_backward(
-        local_inputs, [&](const at::Tensor& logits) { return loss_of(logits, local_targets); });
-    model.reduce_gradients();
-    optimizer.step(1e-3);
-  };
-  auto plain_step = [&] {
-    plain_optimizer.zero_grad();
-    at::Tensor activation = inputs;
-    for (auto& layer : plain_layers) activation = layer->forward(activation);
-    torch::autograd::backward({loss_of(activation, targets)});
-    plain_optimizer.step();
-  };
   const MPI_Comm world = runtime.host_group()->communicator();
-  auto timed = [&](auto&& step) {
+
+  // Runs `step` and returns the slowest rank's seconds.
+  auto timed = [&](const std::function<void()>& step) {
     MPI_Barrier(world);
     const double start = MPI_Wtime();
     step();
@@ -90,18 +89,69 @@ StepBenchResult run_step_bench(launch::Runtime& runtime, const StepBenchOptions&
     MPI_Allreduce(MPI_IN_PLACE, &elapsed, 1, MPI_DOUBLE, MPI_MAX, world);
     return elapsed;
   };
-  std::vector<double> ours, plain;
-  for (int i = 0; i < options.iterations + 1; ++i) {  // the first round warms up
-    const double a = timed(our_step);
-    const double b = run_plain ? timed(plain_step) : 0.0;
-    if (i == 0) continue;
-    ours.push_back(a);
-    plain.push_back(b);
-  }
+  auto exposed = [&](stages::MultiStageModel& model) {
+    double seconds = model.communication_statistics().exposed_seconds();
+    model.reset_communication_statistics();
+    MPI_Allreduce(MPI_IN_PLACE, &seconds, 1, MPI_DOUBLE, MPI_MAX, world);
+    return seconds * 1e3;
+  };
   const double tokens_per_step = static_cast<double>(options.batch * options.sequence);
   StepBenchResult result;
-  result.tokens_per_second = tokens_per_step / median(ours);
-  result.plain_tokens_per_second = run_plain ? tokens_per_step / median(plain) : 0.0;
+
+  RuntimeUnderTest ours(config, runtime, options.zero_stage, /*prefetch=*/false);
+  if (ranks == 1) {
+    // Plain libtorch: the same layers on ordinary tensors.
+    auto plain_layers = models::build_llama_layers(config);
+    std::vector<at::Tensor> plain_parameters;
+    for (auto& layer : plain_layers) {
+      std::vector<at::Tensor> bound;
+      for (const ParameterSpec& spec : layer->parameter_specs()) {
+        bound.push_back(at::randn(spec.shape).mul(0.02).set_requires_grad(true));
+        plain_parameters.push_back(bound.back());
+      }
+      layer->bind(bound);
+    }
+    torch::optim::AdamW plain_optimizer(plain_parameters, torch::optim::AdamWOptions(1e-3));
+    auto plain_step = [&] {
+      plain_optimizer.zero_grad();
+      at::Tensor activation = inputs;
+      for (auto& layer : plain_layers) activation = layer->forward(activation);
+      torch::autograd::backward({loss_of(activation, targets)});
+      plain_optimizer.step();
+    };
+    std::vector<double> our_times, plain_times, our_exposed;
+    for (int i = 0; i < options.iterations + 1; ++i) {  // the first round warms up
+      const double a = timed([&] { ours.step(local_inputs, local_targets); });
+      const double e = exposed(*ours.model);
+      const double b = timed(plain_step);
+      if (i == 0) continue;
+      our_times.push_back(a);
+      our_exposed.push_back(e);
+      plain_times.push_back(b);
+    }
+    result.tokens_per_second = tokens_per_step / median(our_times);
+    result.plain_tokens_per_second = tokens_per_step / median(plain_times);
+    result.exposed_milliseconds = median(our_exposed);
+    return result;
+  }
+
+  RuntimeUnderTest prefetching(config, runtime, options.zero_stage, /*prefetch=*/true);
+  std::vector<double> off_times, on_times, off_exposed, on_exposed;
+  for (int i = 0; i < options.iterations + 1; ++i) {
+    const double a = timed([&] { ours.step(local_inputs, local_targets); });
+    const double ea = exposed(*ours.model);
+    const double b = timed([&] { prefetching.step(local_inputs, local_targets); });
+    const double eb = exposed(*prefetching.model);
+    if (i == 0) continue;
+    off_times.push_back(a);
+    off_exposed.push_back(ea);
+    on_times.push_back(b);
+    on_exposed.push_back(eb);
+  }
+  result.tokens_per_second = tokens_per_step / median(off_times);
+  result.prefetch_tokens_per_second = tokens_per_step / median(on_times);
+  result.exposed_milliseconds = median(off_exposed);
+  result.prefetch_exposed_milliseconds = median(on_exposed);
   return result;
 }
 

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <chrono>
 #include <limits>
 #include <vector>
 
@@ -10,6 +11,10 @@
 
 namespace fsdp {
 namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
 
 void check_floating(c10::ScalarType type, const std::string& stage, const char* what) {
   if (!c10::isFloatingType(type)) {
@@ -185,6 +190,7 @@ void Fsdp::begin_restore() {
   with_stage_context(stage_name_, "restore_parameters", [&] {
     pending_restore_ = group_->all_gather_in_place_async(span_of(buffer));
   });
+  ++statistics_.restores;
 }
 
 void Fsdp::finish_pending_restore() {
@@ -195,9 +201,19 @@ void Fsdp::finish_pending_restore() {
 
 void Fsdp::restore_parameters() {
   if (restored_) return;
+  const auto start = std::chrono::steady_clock::now();
+  if (pending_restore_) ++statistics_.prefetched_restores;
   begin_restore();
   finish_pending_restore();
   restored_ = true;
+  statistics_.restore_seconds += seconds_since(start);
+}
+
+void Fsdp::progress() {
+  if (pending_restore_) {
+    with_stage_context(stage_name_, "restore_parameters",
+                       [&] { pending_restore_->is_completed(); });
+  }
 }
 
 bool Fsdp::may_begin_restore() const {
@@ -256,6 +272,7 @@ void Fsdp::reduce_gradients(GradientReduction reduction, GradientUpdate update) 
                            "', so this stage's gradients were overwritten: reduce each stage's "
                            "gradients before the next stage sharing the buffer runs backward");
   }
+  const auto start = std::chrono::steady_clock::now();
   const ReduceOp op =
       reduction == GradientReduction::kAverage ? ReduceOp::kAverage : ReduceOp::kSum;
   const at::Tensor input = gradient_buffer_.variable_data();
@@ -283,6 +300,7 @@ void Fsdp::reduce_gradients(GradientReduction reduction, GradientUpdate update) 
     }
   });
   gradient_storage_->give_up(stage_name_);
+  statistics_.reduce_seconds += seconds_since(start);
 }
 
 }  // namespace fsdp

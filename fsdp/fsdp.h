@@ -79,6 +79,17 @@ enum class GradientUpdate {
   kAccumulate,  // gradient shard += reduced gradient
 };
 
+// Where a stage's host time went in collectives: what the schedule failed to
+// hide behind computation. Host time: with NCCL the host does not block on
+// the collectives, so these measure only launch overhead there.
+struct CommunicationStatistics {
+  std::int64_t restores = 0;             // all-gathers started
+  std::int64_t prefetched_restores = 0;  // of which started ahead of use (begin_restore)
+  double restore_seconds = 0;            // host time in restore_parameters() (wait included)
+  double reduce_seconds = 0;             // host time in reduce_gradients()
+  double exposed_seconds() const { return restore_seconds + reduce_seconds; }
+};
+
 // A parameter was read while its stage's weights were not restored.
 class NotRestoredError : public std::logic_error {
  public:
@@ -165,6 +176,10 @@ class Fsdp {
   void begin_restore();
   bool is_restored() const { return restored_; }
   bool restore_in_flight() const { return pending_restore_ != nullptr; }
+  // Lets a restore in flight advance without waiting for it (an MPI
+  // collective moves only while its rank is inside MPI; Note [MPI progress]).
+  // Cheap; never blocks on peers. Call it from the computation it overlaps.
+  void progress();
   // Whether begin_restore() could claim the weight buffer now (a shared
   // buffer may still be held by another stage).
   bool may_begin_restore() const;
@@ -201,6 +216,9 @@ class Fsdp {
   void reduce_gradients(GradientReduction reduction = GradientReduction::kAverage,
                         GradientUpdate update = GradientUpdate::kOverwrite);
 
+  const CommunicationStatistics& communication_statistics() const { return statistics_; }
+  void reset_communication_statistics() { statistics_ = {}; }
+
  private:
   std::string stage_name_;
   FlatLayout layout_;
@@ -218,6 +236,7 @@ class Fsdp {
   bool shares_gradient_buffer_ = false;
   bool shard_aliases_buffer_ = false;
   bool restored_ = false;
+  CommunicationStatistics statistics_;
 
   void finish_pending_restore();
 };

@@ -1,5 +1,8 @@
 #include "fsdp/mpi_progress.h"
 
+#include <cstdlib>
+#include <string>
+
 #include "fsdp/communication_checks.h"
 
 namespace fsdp {
@@ -8,6 +11,8 @@ MpiProgressEngine::MpiProgressEngine(MPI_Comm communicator) {
   int level = MPI_THREAD_SINGLE;
   FSDP_MPI_CHECK(MPI_Query_thread(&level));
   if (level < MPI_THREAD_MULTIPLE) return;  // Note [MPI progress]: polling only
+  const char* enabled = std::getenv("FSDP_MPI_PROGRESS_THREAD");
+  if (enabled == nullptr || std::string(enabled) != "1") return;
   FSDP_MPI_CHECK(MPI_Comm_dup(communicator, &communicator_));
   FSDP_MPI_CHECK(MPI_Comm_set_errhandler(communicator_, MPI_ERRORS_RETURN));
   thread_ = std::thread([this] { run(); });

@@ -1,8 +1,10 @@
 #include "launch/runtime.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
+#include <thread>
 
 #include "fsdp/communication_checks.h"
 #include "launch/cuda_devices.h"
@@ -106,6 +108,15 @@ std::string Runtime::describe() const {
           std::to_string(local_world_size_) + " on " + host_name_;
   text += cuda_device_ >= 0 ? ", GPU " + std::to_string(cuda_device_) : ", no GPU";
   return text;
+}
+
+int Runtime::compute_threads() const {
+  if (const char* configured = std::getenv("OMP_NUM_THREADS")) {
+    const int threads = std::atoi(configured);
+    if (threads > 0) return threads;
+  }
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  return std::max(1, cores / std::max(1, local_world_size_));
 }
 
 }  // namespace fsdp::launch

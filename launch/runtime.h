@@ -51,6 +51,11 @@ class Runtime {
   int world_size() const { return world_size_; }
   int local_rank() const { return local_rank_; }
   int local_world_size() const { return local_world_size_; }
+  // CPU threads each rank should compute with so that the ranks of one host
+  // do not oversubscribe its cores: OMP_NUM_THREADS when set, otherwise
+  // cores / local ranks (at least 1), as torchrun does. Oversubscribed
+  // OpenMP teams spin-wait on each other and can run several times slower.
+  int compute_threads() const;
   const std::string& host_name() const { return host_name_; }
   // The bound CUDA device, or -1 when this rank runs on the host.
   int cuda_device() const { return cuda_device_; }

@@ -225,10 +225,19 @@ void MultiStageModel::prefetch(std::size_t index) {
   if (fsdp != nullptr && fsdp->may_begin_restore()) fsdp->begin_restore();
 }
 
-at::Tensor MultiStageModel::run_layers(Stage& stage, const at::Tensor& input) {
+at::Tensor MultiStageModel::run_layers(Stage& stage, const at::Tensor& input, Fsdp* prefetching) {
   at::Tensor activation = input;
-  for (Layer* layer : stage.layers) activation = layer->forward(activation);
+  for (Layer* layer : stage.layers) {
+    activation = layer->forward(activation);
+    // Between layers: let the next stage's all-gather advance (Note [MPI progress]).
+    if (prefetching != nullptr) prefetching->progress();
+  }
   return activation;
+}
+
+Fsdp* MultiStageModel::prefetch_target(std::size_t index) {
+  if (!options_.prefetch || index >= stages_.size()) return nullptr;
+  return stages_[index].fsdp.get();
 }
 
 double MultiStageModel::forward_backward(const at::Tensor& input, const LossFunction& loss) {
@@ -247,7 +256,7 @@ double MultiStageModel::forward_backward(const at::Tensor& input, const LossFunc
     // Stage boundaries: the next stage starts from a detached leaf, whose
     // gradient after that stage's backward is this stage's output gradient.
     inputs[s] = s == 0 ? input : outputs[s - 1].detach().requires_grad_(true);
-    outputs[s] = run_layers(stages_[s], inputs[s]);
+    outputs[s] = run_layers(stages_[s], inputs[s], prefetch_target(s + 1));
     // The last stage stays restored: its backward comes next.
     if (zero3 && s + 1 < count && stages_[s].fsdp) stages_[s].fsdp->release();
   }
@@ -291,11 +300,27 @@ at::Tensor MultiStageModel::forward(const at::Tensor& input) {
   for (std::size_t s = 0; s < stages_.size(); ++s) {
     restore(stages_[s]);
     prefetch(s + 1);
-    activation = run_layers(stages_[s], activation);
+    activation = run_layers(stages_[s], activation, prefetch_target(s + 1));
     if (zero3 && stages_[s].fsdp) stages_[s].fsdp->release();
   }
   if (zero3 && tied_) tied_->release();
   return activation;
+}
+
+CommunicationStatistics MultiStageModel::communication_statistics() {
+  CommunicationStatistics total;
+  for (Fsdp* fsdp : stages()) {
+    const CommunicationStatistics& stage = fsdp->communication_statistics();
+    total.restores += stage.restores;
+    total.prefetched_restores += stage.prefetched_restores;
+    total.restore_seconds += stage.restore_seconds;
+    total.reduce_seconds += stage.reduce_seconds;
+  }
+  return total;
+}
+
+void MultiStageModel::reset_communication_statistics() {
+  for (Fsdp* fsdp : stages()) fsdp->reset_communication_statistics();
 }
 
 ModelMemory MultiStageModel::memory(const ShardedAdamW* optimizer) const {

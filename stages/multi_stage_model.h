@@ -30,9 +30,9 @@
 //
 // Prefetch: the next stage's all-gather (forward) or the previous one's
 // (backward) starts before the current stage computes, and is finished when
-// that stage is reached (Fsdp::begin_restore). On CPU it progresses in the
-// background (Note [MPI progress]); with NCCL it runs on the communication
-// stream (Note [Comm stream ordering]). A buffer is never touched while a
+// that stage is reached (Fsdp::begin_restore). On CPU it is advanced between
+// layers, or by a progress thread (Note [MPI progress]); with NCCL it runs on
+// the communication stream (Note [Comm stream ordering]). A buffer is never touched while a
 // collective on it is in flight: Note [Buffer ordering] enforces it, and a
 // prefetch into a buffer another stage still holds is simply not started.
 //
@@ -129,6 +129,10 @@ class MultiStageModel {
   // Forward only, without autograd (inference, evaluation). Collective.
   at::Tensor forward(const at::Tensor& input);
 
+  // Summed over every stage (Fsdp::communication_statistics).
+  CommunicationStatistics communication_statistics();
+  void reset_communication_statistics();
+
   // What the runtime holds on this rank; `optimizer` adds its state.
   ModelMemory memory(const ShardedAdamW* optimizer = nullptr) const;
 
@@ -143,7 +147,9 @@ class MultiStageModel {
   void build_stages(const std::shared_ptr<ProcessGroup>& group);
   void restore(Stage& stage);
   void prefetch(std::size_t index);
-  at::Tensor run_layers(Stage& stage, const at::Tensor& input);
+  // `prefetching`: a stage whose restore may be in flight, advanced between layers.
+  at::Tensor run_layers(Stage& stage, const at::Tensor& input, Fsdp* prefetching);
+  Fsdp* prefetch_target(std::size_t index);
 
   std::vector<std::unique_ptr<Layer>> layers_;
   std::vector<Stage> stages_;

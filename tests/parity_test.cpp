@@ -238,6 +238,13 @@ void run_parity(const ParityCase& parity) {
     last_loss = expected;
     EXPECT_NEAR(norm, std::sqrt(squared_norm), 1e-4 * std::sqrt(squared_norm)) << "step " << step;
   }
+  // Prefetch really ran ahead (or, with one shared weight buffer, stepped aside).
+  const std::int64_t prefetched = model.communication_statistics().prefetched_restores;
+  if (!parity.prefetch || parity.shared_weight_buffers == 1) {
+    EXPECT_EQ(prefetched, 0);
+  } else if (parity.zero_stage == 3 && model.stage_count() > 1) {
+    EXPECT_GT(prefetched, 0);
+  }
   // The comparison means something only if training moved the loss.
   EXPECT_LT(last_loss, 0.8 * first_loss) << "first " << first_loss << ", last " << last_loss;
   if (rank == 0)

@@ -5,6 +5,8 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <thread>
@@ -200,6 +202,30 @@ TEST(MpiProcessGroup, AsyncCollectivesCanOverlap) {
     for (int i = 0; i < 8; ++i) ASSERT_EQ(gathered[r * 8 + i], crafted(r, i));
   }
   EXPECT_NE(gather->description().find("all_gather_in_place"), std::string::npos);
+}
+
+// Note [MPI progress]: with the progress thread, a collective that nobody
+// waits on still completes while every rank is busy elsewhere (here: asleep).
+TEST(MpiProcessGroup, ProgressThreadCompletesUnattendedCollectives) {
+  ::setenv("FSDP_MPI_PROGRESS_THREAD", "1", 1);
+  MpiProcessGroup engine_group(MPI_COMM_WORLD);
+  ::unsetenv("FSDP_MPI_PROGRESS_THREAD");
+  ASSERT_TRUE(engine_group.has_background_progress());
+  const int ranks = engine_group.size();
+  const std::int64_t chunk = std::int64_t{1} << 20;  // 4 MiB per rank: many fragments
+  std::vector<float> buffer(static_cast<std::size_t>(chunk * ranks), 0.0f);
+  for (std::int64_t i = 0; i < chunk; ++i) {
+    buffer[engine_group.rank() * chunk + i] = crafted(engine_group.rank(), i);
+  }
+  ProcessGroup::Work gather = engine_group.all_gather_in_place_async(host_span(buffer));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  // One look, no waiting: done only if something advanced it meanwhile.
+  EXPECT_TRUE(gather->is_completed());
+  gather->wait();
+  for (int r = 0; r < ranks; ++r) {
+    ASSERT_EQ(buffer[r * chunk + chunk - 1], crafted(r, chunk - 1));
+  }
+  engine_group.barrier();
 }
 
 TEST(MpiProcessGroup, RejectsMismatchedArgumentsBeforeTalkingToPeers) {
