@@ -38,6 +38,8 @@ class Layer {
   // For layers that bring their own weights (an adopted torch::nn module);
   // MultiStageModel::initialize_weights() writes them into the shards.
   virtual at::Tensor initial_value(std::size_t index) const { return {}; }
+  // Called once those values are in the shards: the layer may free them.
+  virtual void release_initial_values() {}
 };
 
 }  // namespace fsdp::stages

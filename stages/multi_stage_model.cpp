@@ -185,17 +185,31 @@ std::vector<Fsdp*> MultiStageModel::stages() {
 }
 
 void MultiStageModel::initialize_weights(std::uint64_t seed) {
-  for (Fsdp* fsdp : stages()) fsdp->initialize_weights(seed);
+  // Gather the layers' own values first: a layer that can no longer supply
+  // them throws here, before any shard has been overwritten.
+  struct Supplied {
+    Fsdp* owner;
+    std::string name;
+    at::Tensor values;
+  };
+  std::vector<Supplied> supplied;
   for (Stage& stage : stages_) {
     for (Layer* layer : stage.layers) {
       const std::vector<ParameterSpec> specs = layer->parameter_specs();
       for (std::size_t i = 0; i < specs.size(); ++i) {
-        const at::Tensor values = layer->initial_value(i);
+        at::Tensor values = layer->initial_value(i);
         if (!values.defined()) continue;
-        Fsdp& owner = tied_ && tied_->layout().contains(specs[i].name) ? *tied_ : *stage.fsdp;
-        owner.load_parameter(specs[i].name, values);
+        Fsdp* owner =
+            tied_ && tied_->layout().contains(specs[i].name) ? tied_.get() : stage.fsdp.get();
+        supplied.push_back({owner, specs[i].name, std::move(values)});
       }
     }
+  }
+  for (Fsdp* fsdp : stages()) fsdp->initialize_weights(seed);
+  for (const Supplied& entry : supplied) entry.owner->load_parameter(entry.name, entry.values);
+  supplied.clear();
+  for (Stage& stage : stages_) {
+    for (Layer* layer : stage.layers) layer->release_initial_values();
   }
 }
 
