@@ -1,5 +1,7 @@
 #include "bench/adamw_bench.h"
 
+#include "bench/timing.h"
+
 #include <ATen/ATen.h>
 #include <torch/optim/adamw.h>
 
@@ -16,11 +18,6 @@ double seconds(Operation&& operation) {
   const auto start = std::chrono::steady_clock::now();
   operation();
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-
-double median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  return values[values.size() / 2];
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 #include "bench/collective_bench.h"
 
+#include "bench/timing.h"
+
 #include <ATen/ATen.h>
 #include <mpi.h>
 
@@ -11,24 +13,6 @@
 
 namespace fsdp::bench {
 namespace {
-
-double median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  const std::size_t middle = values.size() / 2;
-  return values.size() % 2 ? values[middle] : (values[middle - 1] + values[middle]) / 2;
-}
-
-// Runs `operation` once on every rank and returns the slowest rank's time:
-// a collective is as fast as its last participant.
-template <typename Operation>
-double time_collectively(MPI_Comm communicator, Operation&& operation) {
-  MPI_Barrier(communicator);
-  const double start = MPI_Wtime();
-  operation();
-  double elapsed = MPI_Wtime() - start;
-  MPI_Allreduce(MPI_IN_PLACE, &elapsed, 1, MPI_DOUBLE, MPI_MAX, communicator);
-  return elapsed;
-}
 
 MPI_Datatype raw_datatype(c10::ScalarType dtype) {
   return dtype == at::kBFloat16 ? MPI_UINT16_T : MPI_FLOAT;

@@ -1,5 +1,7 @@
 #include "bench/step_bench.h"
 
+#include "bench/timing.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <mpi.h>
@@ -15,11 +17,6 @@
 
 namespace fsdp::bench {
 namespace {
-
-double median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  return values[values.size() / 2];
-}
 
 at::Tensor loss_of(const at::Tensor& logits, const at::Tensor& targets) {
   return at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
@@ -80,15 +77,7 @@ StepBenchResult run_step_bench(launch::Runtime& runtime, const StepBenchOptions&
   const at::Tensor local_targets = targets.narrow(0, runtime.rank() * local_batch, local_batch);
   const MPI_Comm world = runtime.host_group()->communicator();
 
-  // Runs `step` and returns the slowest rank's seconds.
-  auto timed = [&](const std::function<void()>& step) {
-    MPI_Barrier(world);
-    const double start = MPI_Wtime();
-    step();
-    double elapsed = MPI_Wtime() - start;
-    MPI_Allreduce(MPI_IN_PLACE, &elapsed, 1, MPI_DOUBLE, MPI_MAX, world);
-    return elapsed;
-  };
+  auto timed = [&](const std::function<void()>& step) { return time_collectively(world, step); };
   auto exposed = [&](stages::MultiStageModel& model) {
     double seconds = model.communication_statistics().exposed_seconds();
     model.reset_communication_statistics();

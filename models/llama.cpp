@@ -97,14 +97,14 @@ class DecoderBlock final : public Layer {
     const at::Tensor qkv = at::linear(rms_norm(x, attention_norm, config_.rms_epsilon), qkv_weight)
                                .view({batch, sequence, 3, config_.heads, head_size})
                                .permute({2, 0, 3, 1, 4});
-    // Tables and mask in the activations' dtype (bfloat16 under mixed precision).
-    const at::Tensor cos = cos_.narrow(0, 0, sequence).to(x.scalar_type());
-    const at::Tensor sin = sin_.narrow(0, 0, sequence).to(x.scalar_type());
+    // Tables and mask on the activations' device, in their dtype (bfloat16 under mixed precision).
+    const at::Tensor cos = cos_.narrow(0, 0, sequence).to(x.device(), x.scalar_type());
+    const at::Tensor sin = sin_.narrow(0, 0, sequence).to(x.device(), x.scalar_type());
     const at::Tensor q = rotate(qkv[0], cos, sin);
     const at::Tensor k = rotate(qkv[1], cos, sin);
     const at::Tensor scores =
         at::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_size)) +
-        causal_mask_.narrow(0, 0, sequence).narrow(1, 0, sequence).to(x.scalar_type());
+        causal_mask_.narrow(0, 0, sequence).narrow(1, 0, sequence).to(x.device(), x.scalar_type());
     const at::Tensor attended = at::matmul(at::softmax(scores, -1), qkv[2])
                                     .transpose(1, 2)
                                     .reshape({batch, sequence, config_.hidden});
