@@ -107,7 +107,13 @@ void MultiStageModel::build_stages(const std::shared_ptr<ProcessGroup>& group) {
         }
       }
     }
-    stage.first_parameter = specs.empty() ? tied_specs.front().name : specs.front().name;
+    // Named in the restored-state assertion; a stage of parameter-free
+    // layers (activations, reshapes) has nothing to assert.
+    if (!specs.empty()) {
+      stage.first_parameter = specs.front().name;
+    } else if (!tied_specs.empty()) {
+      stage.first_parameter = tied_specs.front().name;
+    }
     stages_.push_back(std::move(stage));
     stage_specs.push_back(std::move(specs));
   }

@@ -152,6 +152,26 @@ TEST(ModelOptions, TiedParameterWithTwoShapesNamesBothDeclarations) {
   }
 }
 
+// A layer without parameters may form a stage of its own.
+class Doubling final : public Layer {
+ public:
+  std::vector<ParameterSpec> parameter_specs() const override { return {}; }
+  void bind(std::vector<at::Tensor>) override {}
+  at::Tensor forward(const at::Tensor& input) override { return input * 2; }
+};
+
+TEST(ModelOptions, AStageWithoutParametersRuns) {
+  std::vector<std::unique_ptr<Layer>> layers;
+  layers.push_back(std::make_unique<Doubling>());
+  layers.push_back(std::make_unique<OneParameter>("scale", std::vector<std::int64_t>{3}));
+  MultiStageOptions options;
+  options.zero_stage = 3;
+  options.prefetch = true;
+  MultiStageModel model(std::move(layers), testing::runtime().process_group(), options);
+  EXPECT_FALSE(model.stage_has_parameters(0));
+  EXPECT_TRUE(model.forward(at::ones({3})).equal(at::full({3}, 2.0)));
+}
+
 // Under ZeRO-3 a stage is released after use: reading it names stage and parameter.
 TEST(ModelOptions, ReadingAReleasedStageNamesStageAndParameter) {
   MultiStageOptions options;
