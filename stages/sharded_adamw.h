@@ -53,6 +53,9 @@ class ShardedAdamW {
   double global_gradient_norm() const;
 
   std::int64_t steps_taken() const { return steps_taken_; }
+  // For loading a checkpoint: the step count that bias correction continues
+  // from. The moment shards are written in place through exp_avg()/exp_avg_sq().
+  void set_steps_taken(std::int64_t steps) { steps_taken_ = steps; }
   const at::Tensor& exp_avg(std::size_t stage) const { return states_.at(stage).exp_avg; }
   const at::Tensor& exp_avg_sq(std::size_t stage) const { return states_.at(stage).exp_avg_sq; }
   // Bytes of optimizer state this rank holds.

@@ -1,0 +1,21 @@
+// The one error type of the checkpoint module: bad files and bad input.
+//
+// Every message names the file (and the tensor key, when there is one), what
+// was expected and what was found, so that a user can act on it without a
+// debugger (STYLE.md, habit 3). The module throws rather than returning a
+// status because its callers sit under collectives and the launcher: an
+// exception reaches run_program(), which prints it once and ends the job, and
+// collective_errors.h carries it across ranks.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace fsdp::checkpoint {
+
+class CheckpointError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+}  // namespace fsdp::checkpoint

@@ -1,0 +1,65 @@
+// POSIX file access for checkpoints: positioned reads and writes that either
+// move every byte or throw CheckpointError naming the file, and the
+// write-temp -> fsync -> rename steps of an atomic commit.
+//
+// pread is used rather than mmap on purpose: bytes read through pread land
+// in memory we own (a bounded staging chunk or the shard itself), so the
+// process's resident memory stays at its shards plus that chunk, whereas a
+// mapped file's touched pages count towards it until unmapped.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+namespace fsdp::checkpoint {
+
+class File {
+ public:
+  // Opens an existing file for reading.
+  static File open_for_reading(const std::filesystem::path& path);
+  // Creates (or truncates) a file for writing, mode 0644.
+  static File create(const std::filesystem::path& path);
+
+  File(File&& other) noexcept;
+  File& operator=(File&& other) noexcept;
+  File(const File&) = delete;
+  File& operator=(const File&) = delete;
+  // Closes without throwing (an error on close of a file that was fsynced cannot lose data).
+  ~File();
+
+  const std::filesystem::path& path() const { return path_; }
+  std::int64_t size() const;
+
+  // Reads exactly `bytes` bytes at `offset` (retrying short reads and EINTR).
+  // Throws CheckpointError naming the file and the range when the file ends first.
+  void read_exactly(std::int64_t offset, void* destination, std::int64_t bytes) const;
+  // Appends all `bytes` at the current end of what was written.
+  void append(const void* source, std::int64_t bytes);
+  // Flushes data and metadata to stable storage.
+  void sync();
+  // Closes now, reporting errors (use after sync() for files being committed).
+  void close();
+
+ private:
+  File(int descriptor, std::filesystem::path path) : descriptor_(descriptor), path_(std::move(path)) {}
+  int descriptor_ = -1;
+  std::filesystem::path path_;
+};
+
+// fsyncs a directory, so that entries created or renamed in it are durable.
+void sync_directory(const std::filesystem::path& directory);
+
+// Puts `staged` in place of `target` atomically. When `target` exists, the two
+// are exchanged (renameat2 RENAME_EXCHANGE) and the old content is left at
+// `staged` for the caller to delete; a crash at any moment leaves either the
+// old or the new directory at `target`. Where the file system cannot
+// exchange, the old one is first renamed to `previous` and then the new one
+// into place: a crash between the two leaves the old checkpoint at `previous`,
+// which loaders look at (distributed_checkpoint.h). Returns the path of the
+// old content, or an empty path when there was none.
+std::filesystem::path replace_directory(const std::filesystem::path& staged,
+                                        const std::filesystem::path& target,
+                                        const std::filesystem::path& previous);
+
+}  // namespace fsdp::checkpoint
