@@ -109,8 +109,8 @@ Attempt plan_parameter(const ParameterSlot& slot, const ConversionRule& rule,
                        const Bindings& parameter_bindings, const HfCheckpoint* checkpoint) {
   const std::string where = "runtime parameter \"" + slot.name + "\" " + format_shape(slot.shape);
   const std::size_t stacked = rule.stacked.size();
-  if (rule.sources.empty() || slot.shape.size() < stacked + (rule.reshape ? 0 : 1) ||
-      (rule.reshape && rule.sources.size() != 1)) {
+  if (rule.sources.empty() || slot.shape.size() < stacked + (rule.reshapes() ? 0 : 1) ||
+      (rule.reshapes() && rule.sources.size() != 1)) {
     throw CheckpointError(where + ": the conversion rule for \"" + rule.parameter +
                           "\" does not fit its shape (stacked " + std::to_string(stacked) +
                           ", sources " + std::to_string(rule.sources.size()) + ")");
@@ -118,7 +118,7 @@ Attempt plan_parameter(const ParameterSlot& slot, const ConversionRule& rule,
   const std::vector<std::int64_t> block(slot.shape.begin() + static_cast<std::ptrdiff_t>(stacked),
                                         slot.shape.end());
   const int dim = rule.concat_dim;
-  if (!rule.reshape && (dim < 0 || static_cast<std::size_t>(dim) >= block.size())) {
+  if (!rule.reshapes() && (dim < 0 || static_cast<std::size_t>(dim) >= block.size())) {
     throw CheckpointError(where + ": concat_dim " + std::to_string(dim) +
                           " is outside its block " + format_shape(block));
   }
@@ -161,8 +161,8 @@ Attempt plan_parameter(const ParameterSlot& slot, const ConversionRule& rule,
                                 where + " of " + std::string(element_type_name(slot.dtype)));
         }
       } else {
-        std::vector<std::int64_t> shape = block;
-        if (!rule.reshape) {
+        std::vector<std::int64_t> shape = rule.reshapes() ? rule.stored_shape : block;
+        if (!rule.reshapes()) {
           const auto count = static_cast<std::int64_t>(rule.sources.size());
           if (block[dim] % count != 0) {
             throw CheckpointError(where + ": cannot split dimension " + std::to_string(dim) +
@@ -179,11 +179,10 @@ Attempt plan_parameter(const ParameterSlot& slot, const ConversionRule& rule,
       const auto in_block = source.transposed ? swap_last_two(piece.shape) : piece.shape;
       piece.numel = product(in_block, 0, in_block.size());
       shapes_seen += (shapes_seen.empty() ? "" : ", ") + piece.key + " " + format_shape(piece.shape);
-      if (rule.reshape) {
-        if (piece.numel != block_numel) {
-          throw CheckpointError("tensor \"" + piece.key + "\" " + format_shape(piece.shape) + " has " +
-                                std::to_string(piece.numel) + " elements, but " + where +
-                                " needs blocks of " + format_shape(block));
+      if (rule.reshapes()) {
+        if (piece.shape != rule.stored_shape || piece.numel != block_numel) {
+          throw CheckpointError("tensor \"" + piece.key + "\" " + format_shape(piece.shape) + ", but " + where + " is reshaped from " +
+                                format_shape(rule.stored_shape) + " into blocks of " + format_shape(block));
         }
         piece.run = piece.destination_stride = std::max<std::int64_t>(block_numel, 1);
         piece.destination_base = slot.flat_range.begin + s * block_numel;
@@ -208,7 +207,7 @@ Attempt plan_parameter(const ParameterSlot& slot, const ConversionRule& rule,
       }
       attempt.pieces.push_back(std::move(piece));
     }
-    if (attempt.first_missing.empty() && !rule.reshape && concat_offset != block[dim]) {
+    if (attempt.first_missing.empty() && !rule.reshapes() && concat_offset != block[dim]) {
       throw CheckpointError(where + ": its tensors (" + shapes_seen + ") add up to " +
                             std::to_string(concat_offset) + " along dimension " +
                             std::to_string(dim) + ", but each block " + format_shape(block) +
@@ -252,12 +251,17 @@ std::string unused_hint(const std::string& key, const ConversionRules& rules) {
 }  // namespace
 
 ConversionRule ConversionRule::rename(std::string parameter, std::string key) {
-  return {std::move(parameter), {}, {{std::move(key), false}}, 0, false};
+  return {std::move(parameter), {}, {{std::move(key), false}}, 0, {}};
+}
+
+ConversionRule ConversionRule::reshaped(std::string parameter, std::string key,
+                                        std::vector<std::int64_t> stored_shape) {
+  return {std::move(parameter), {}, {{std::move(key), false}}, 0, std::move(stored_shape)};
 }
 
 ConversionRule ConversionRule::concatenate(std::string parameter, std::vector<std::string> keys,
                                            int dim) {
-  ConversionRule rule{std::move(parameter), {}, {}, dim, false};
+  ConversionRule rule{std::move(parameter), {}, {}, dim, {}};
   for (auto& key : keys) rule.sources.push_back({std::move(key), false});
   return rule;
 }

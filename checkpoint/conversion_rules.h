@@ -23,7 +23,7 @@
 //                  <- stacked {expert}: "...experts.{expert}.down_proj.weight" [H, I]
 //   both:        "...experts.gate_up_proj" [E, 2I, H] <- stacked {expert}, concat(gate_proj, up_proj)
 //   transpose:   a source stored as [in, out] for a block [out, in]
-//   reshape:     one source with the block's element count in another shape
+//   reshape:     one source stored in another shape with the block's element count
 //
 // Several rules may target the same parameter (for example experts stored
 // fused or per expert): the first whose sources all exist is used. Every
@@ -52,12 +52,17 @@ struct ConversionRule {
   std::vector<std::string> stacked;    // placeholder names, outermost first
   std::vector<SourcePattern> sources;  // concatenated in this order
   int concat_dim = 0;                  // within the block
-  bool reshape = false;                // one source, any shape with the block's element count
+  // Reshape: one source stored in this shape (with the block's element count);
+  // empty for none. Row-major order is kept, so loading is a plain copy.
+  std::vector<std::int64_t> stored_shape;
 
   // Builders for the common cases.
   static ConversionRule rename(std::string parameter, std::string key);
   static ConversionRule concatenate(std::string parameter, std::vector<std::string> keys,
                                     int dim = 0);
+  static ConversionRule reshaped(std::string parameter, std::string key,
+                                 std::vector<std::int64_t> stored_shape);
+  bool reshapes() const { return !stored_shape.empty(); }
   ConversionRule& stack_over(std::string placeholder);  // appends an inner stacked placeholder
   ConversionRule& transposed();                         // every source is stored transposed
 };

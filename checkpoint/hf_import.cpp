@@ -117,7 +117,17 @@ class Importer {
 
   void add(const CopyTask& task) {
     tasks_.push_back(task);
-    progress_.bytes_total += task.block.size() * dtype_size(task.piece->source.entry->dtype);
+    const std::int64_t element_bytes = dtype_size(task.piece->source.entry->dtype);
+    if (!task.piece->transposed) {
+      progress_.bytes_total += task.block.size() * element_bytes;
+      return;
+    }
+    // Transposes read whole block-order rows (copy_transposed).
+    const auto& shape = task.piece->shape;
+    const std::int64_t q_size = shape[shape.size() - 2];
+    if (q_size == 0) return;
+    const std::int64_t rows = (task.block.end + q_size - 1) / q_size - task.block.begin / q_size;
+    progress_.bytes_total += rows * q_size * element_bytes;
   }
 
   void run() {
