@@ -46,10 +46,15 @@ ElementType element_type_named(const std::string& name, const std::string& conte
 
 
 
-// Every rank's values of `mine`, concatenated in rank order (all_reduce of a
-// zero-padded vector: adding zeros to a single non-zero term is exact).
+// Every rank's values of `mine`, concatenated in rank order, where rank r
+// contributes counts[r] values (all_reduce of a zero-padded vector: adding
+// zeros to a single non-zero term is exact). REQUIRES: mine.size() == counts[rank].
 std::vector<std::int64_t> all_gather_values(ProcessGroup& group, const std::vector<std::int64_t>& mine,
                                             const std::vector<std::int64_t>& counts) {
+  if (static_cast<std::int64_t>(mine.size()) != counts.at(group.rank())) {
+    throw std::logic_error("all_gather_values: this rank contributes " + std::to_string(mine.size()) +
+                           " values, not " + std::to_string(counts.at(group.rank())));
+  }
   std::int64_t total = 0, offset = 0;
   for (int r = 0; r < group.size(); ++r) {
     if (r == group.rank()) offset = total;
@@ -420,9 +425,8 @@ void save_checkpoint(const fs::path& directory, const std::vector<Fsdp*>& stages
     my_record.push_back(written.bytes);
     for (const auto checksum : written.checksums) my_record.push_back(static_cast<std::int64_t>(checksum));
   });
-  std::vector<std::int64_t> lengths(world_size, 0);
-  lengths[rank] = static_cast<std::int64_t>(my_record.size());
-  lengths = all_gather_values(group, lengths, std::vector<std::int64_t>(world_size, 1));
+  const auto lengths = all_gather_values(group, {static_cast<std::int64_t>(my_record.size())},
+                                         std::vector<std::int64_t>(world_size, 1));
   const auto records = all_gather_values(group, my_record, lengths);
   run_agreeing_on_failure(group, [&] {
     if (rank != 0) return;

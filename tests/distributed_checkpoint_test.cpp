@@ -1,0 +1,273 @@
+// The runtime's own checkpoint: save at one world size, load at others
+// (resharding, optimizer state included), atomic replacement, and the errors
+// for corrupt or foreign checkpoints.
+//
+// World sizes other than the job's come from sub-communicators of the job's
+// ranks: at -np 4 the same test saves at 4 and loads at 1, 2 and 3, and
+// saves at 3 and loads at 2.
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include "checkpoint/checkpoint_error.h"
+#include "checkpoint/distributed_checkpoint.h"
+#include "checkpoint_test_support.h"
+#include "fsdp/mpi_process_group.h"
+#include "mpi_test_environment.h"
+#include "stages/sharded_adamw.h"
+
+namespace fsdp::testing {
+namespace {
+
+using stages::ShardedAdamW;
+
+// A model, its optimizer, and some training, all deterministic given (config, world size).
+struct Trained {
+  std::unique_ptr<stages::MultiStageModel> model;
+  std::unique_ptr<ShardedAdamW> optimizer;
+
+  Trained(const models::LlamaConfig& config, std::shared_ptr<ProcessGroup> group, int layers_per_stage = 1,
+          int steps = 2) {
+    model = build_model(config, std::move(group), layers_per_stage);
+    model->initialize_weights(21);
+    optimizer = std::make_unique<ShardedAdamW>(model->stages(), stages::ShardedAdamWOptions{});
+    for (int step = 0; step < steps; ++step) {
+      // Gradients that depend only on the flat index, so any world size has the same ones.
+      for (auto* stage : model->stages()) {
+        const auto range = stage->layout().shard_range(stage->group().rank());
+        stage->gradient_shard().copy_(at::sin(at::arange(range.begin, range.end, at::kFloat) * 0.37 + step));
+        stage->gradient_shard().narrow(0, stage->layout().padding_in_shard(stage->group().rank()).begin,
+                                       stage->layout().padding_in_shard(stage->group().rank()).size()).zero_();
+      }
+      optimizer->step(1e-2);
+    }
+  }
+};
+
+// Every stage's unpadded flat weights, gradients and moments, gathered whole.
+std::vector<at::Tensor> flat_state(Trained& trained) {
+  std::vector<at::Tensor> state;
+  const auto stages = trained.model->stages();
+  for (std::size_t s = 0; s < stages.size(); ++s) {
+    auto* stage = stages[s];
+    const auto& layout = stage->layout();
+    for (const auto& shard : {stage->weight_shard(), stage->gradient_shard(), trained.optimizer->exp_avg(s),
+                              trained.optimizer->exp_avg_sq(s)}) {
+      auto whole = at::zeros({layout.padded_numel()}, at::kFloat);
+      whole.narrow(0, layout.shard_range(stage->group().rank()).begin, layout.shard_numel()).copy_(shard);
+      stage->group().all_gather_in_place(span_of(whole));
+      state.push_back(whole.narrow(0, 0, layout.unpadded_numel()).clone());
+    }
+  }
+  return state;
+}
+
+// The first `ranks` ranks of the job as a group of their own (null on the others).
+std::shared_ptr<ProcessGroup> first_ranks(int ranks) {
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm communicator = MPI_COMM_NULL;
+  MPI_Comm_split(MPI_COMM_WORLD, rank < ranks ? 0 : MPI_UNDEFINED, rank, &communicator);
+  if (communicator == MPI_COMM_NULL) return nullptr;
+  auto group = std::make_shared<MpiProcessGroup>(communicator, std::chrono::seconds(60));
+  MPI_Comm_free(&communicator);  // the group holds its own duplicate
+  return group;
+}
+
+checkpoint::SaveOptions save_options(std::int64_t step) {
+  checkpoint::SaveOptions options;
+  options.step = step;
+  options.gradients = true;
+  options.training_config = {{"lr", 0.01}, {"seed", 21}};
+  options.checksum_block_bytes = 4096;  // many blocks even for a small model
+  return options;
+}
+
+TEST(DistributedCheckpoint, SavedAtOneWorldSizeLoadsBitwiseAtEveryOther) {
+  auto group = runtime().process_group();
+  SharedDirectory directory(*group, "dcp_reshard");
+  const auto config = small_llama(4, true);
+  Trained saved(config, group);
+  checkpoint::save_checkpoint(directory / "at_full", saved.model->stages(), saved.optimizer.get(), save_options(2));
+  const auto expected = flat_state(saved);
+  // One more step on the original, for comparing with a step taken after loading.
+  saved.optimizer->step(1e-2);
+  const auto after_step = flat_state(saved);
+
+  for (int ranks = 1; ranks <= group->size(); ++ranks) {
+    auto subgroup = first_ranks(ranks);
+    if (!subgroup) continue;
+    Trained loaded(config, subgroup, /*layers_per_stage=*/1, /*steps=*/0);
+    checkpoint::LoadCheckpointOptions options;
+    options.gradients = true;
+    options.chunk_bytes = 8192;
+    const auto index = checkpoint::load_checkpoint(directory / "at_full", loaded.model->stages(),
+                                                   loaded.optimizer.get(), options);
+    EXPECT_EQ(index.world_size, group->size());
+    EXPECT_EQ(index.step, 2);
+    EXPECT_EQ(index.training_config.at("seed"), 21);
+    EXPECT_EQ(loaded.optimizer->steps_taken(), 2);
+    const auto state = flat_state(loaded);
+    ASSERT_EQ(state.size(), expected.size());
+    for (std::size_t i = 0; i < state.size(); ++i) {
+      EXPECT_TRUE(at::equal(state[i], expected[i])) << "array " << i << " loaded at world size " << ranks;
+    }
+    loaded.optimizer->step(1e-2);
+    const auto stepped = flat_state(loaded);
+    for (std::size_t i = 0; i < stepped.size(); ++i) {
+      // The same step from the same state; the global norm's reduction order may differ.
+      EXPECT_TRUE(at::allclose(stepped[i], after_step[i], 1e-6, 1e-7)) << "array " << i << " at " << ranks;
+    }
+  }
+  group->barrier();
+  if (group->size() >= 3) {  // saved at 3, loaded at 2
+    if (auto three = first_ranks(3)) {
+      Trained at_three(config, three);
+      checkpoint::save_checkpoint(directory / "at_three", at_three.model->stages(), at_three.optimizer.get(),
+                                  save_options(2));
+    }
+    group->barrier();
+    if (auto two = first_ranks(2)) {
+      Trained loaded(config, two, 1, 0);
+      checkpoint::load_checkpoint(directory / "at_three", loaded.model->stages(), loaded.optimizer.get());
+      const auto state = flat_state(loaded);
+      for (std::size_t i = 0; i < state.size(); ++i) {
+        if (i % 4 == 1) continue;  // gradients were not loaded
+        EXPECT_TRUE(at::equal(state[i], expected[i])) << "array " << i;
+      }
+    }
+  }
+  group->barrier();
+}
+
+TEST(DistributedCheckpoint, SavingAgainReplacesAtomicallyAndAnInterruptedSaveLosesNothing) {
+  auto group = runtime().process_group();
+  SharedDirectory directory(*group, "dcp_atomic");
+  const auto config = small_llama();
+  Trained first(config, group, 1, 1);
+  const auto path = directory / "checkpoint";
+  checkpoint::save_checkpoint(path, first.model->stages(), first.optimizer.get(), save_options(1));
+  // A save that died half-way leaves a staging directory behind, never a broken checkpoint.
+  if (group->rank() == 0) {
+    fs::create_directories(directory / "checkpoint.partial");
+    std::ofstream(directory / "checkpoint.partial" / "rank-00000-of-00001.safetensors") << "half";
+  }
+  group->barrier();
+  Trained loaded(config, group, 1, 0);
+  checkpoint::load_checkpoint(path, loaded.model->stages(), loaded.optimizer.get());
+  EXPECT_EQ(loaded.optimizer->steps_taken(), 1);
+
+  Trained second(config, group, 1, 3);
+  checkpoint::save_checkpoint(path, second.model->stages(), second.optimizer.get(), save_options(3));
+  EXPECT_FALSE(fs::exists(directory / "checkpoint.partial"));
+  const auto index = checkpoint::load_checkpoint(path, loaded.model->stages(), loaded.optimizer.get());
+  EXPECT_EQ(index.step, 3);
+  EXPECT_EQ(loaded.optimizer->steps_taken(), 3);
+  const auto expected = flat_state(second);
+  const auto state = flat_state(loaded);
+  for (std::size_t i = 0; i < state.size(); ++i) {
+    if (i % 4 != 1) EXPECT_TRUE(at::equal(state[i], expected[i])) << i;
+  }
+}
+
+// --- errors, on every rank, naming the file and what is wrong -------------------
+
+struct SavedCheckpoint {
+  std::shared_ptr<ProcessGroup> group = runtime().process_group();
+  SharedDirectory directory{*group, "dcp_errors"};
+  models::LlamaConfig config = small_llama(4);
+  fs::path path = directory / "checkpoint";
+
+  SavedCheckpoint() {
+    Trained trained(config, group, 1, 1);
+    checkpoint::save_checkpoint(path, trained.model->stages(), trained.optimizer.get(), save_options(1));
+  }
+  void expect_load_error(const models::LlamaConfig& target, const std::vector<std::string>& parts,
+                         int layers_per_stage = 1) {
+    Trained loaded(target, group, layers_per_stage, 0);
+    expect_error_on_every_rank(
+        [&] { checkpoint::load_checkpoint(path, loaded.model->stages(), loaded.optimizer.get()); }, parts);
+  }
+  // Rank 0 changes the file, the others wait.
+  template <typename Edit>
+  void edit(Edit edit) {
+    group->barrier();
+    if (group->rank() == 0) edit();
+    group->barrier();
+  }
+};
+
+void flip_byte(const fs::path& file, std::int64_t offset_from_end) {
+  std::fstream stream(file, std::ios::in | std::ios::out | std::ios::binary);
+  stream.seekg(-offset_from_end, std::ios::end);
+  const char byte = static_cast<char>(stream.get() ^ 0x40);
+  stream.seekp(-offset_from_end, std::ios::end);
+  stream.put(byte);
+}
+
+TEST(DistributedCheckpointErrors, ChecksumMismatchNamesTheFileAndTheBlock) {
+  SavedCheckpoint saved;
+  const auto file = saved.path / checkpoint::rank_file_name(0, saved.group->size());
+  saved.edit([&] { flip_byte(file, 10); });
+  saved.expect_load_error(saved.config, {file.string(), "checksum mismatch in block", "corrupt"});
+}
+
+TEST(DistributedCheckpointErrors, TruncatedRankFile) {
+  SavedCheckpoint saved;
+  const auto file = saved.path / checkpoint::rank_file_name(saved.group->size() - 1, saved.group->size());
+  saved.edit([&] { fs::resize_file(file, fs::file_size(file) - 100); });
+  saved.expect_load_error(saved.config, {file.filename().string()});
+}
+
+TEST(DistributedCheckpointErrors, MissingRankFile) {
+  SavedCheckpoint saved;
+  const auto file = saved.path / checkpoint::rank_file_name(0, saved.group->size());
+  saved.edit([&] { fs::remove(file); });
+  saved.expect_load_error(saved.config, {file.string(), "cannot open"});
+}
+
+TEST(DistributedCheckpointErrors, ADifferentModelIsALayoutMismatch) {
+  SavedCheckpoint saved;
+  auto other = saved.config;
+  other.intermediate = 32;
+  saved.expect_load_error(other, {"index.json", "decoder.0.mlp.experts.gate_up_proj", "[4, 48, 16]",
+                                  "[4, 64, 16]", "a different model"});
+  saved.expect_load_error(saved.config, {"index.json", "stages", "layers_per_stage"}, 2);
+}
+
+TEST(DistributedCheckpointErrors, CorruptOrMissingIndex) {
+  SavedCheckpoint saved;
+  saved.edit([&] { std::ofstream(saved.path / "index.json") << "{\"format\": \"fsdp-runtime-checkpoint\", "; });
+  saved.expect_load_error(saved.config, {"index.json", "not valid JSON"});
+  saved.edit([&] { fs::remove(saved.path / "index.json"); });
+  saved.expect_load_error(saved.config, {"index.json", "cannot open"});
+  saved.path = saved.directory / "never_saved";
+  saved.expect_load_error(saved.config, {"never_saved", "no such checkpoint directory"});
+}
+
+TEST(DistributedCheckpointErrors, NeverReplacesADirectoryThatIsNotACheckpoint) {
+  auto group = runtime().process_group();
+  SharedDirectory directory(*group, "dcp_precious");
+  if (group->rank() == 0) {
+    fs::create_directories(directory / "precious");
+    std::ofstream(directory / "precious" / "data.bin") << "keep";
+  }
+  group->barrier();
+  Trained trained(small_llama(), group, 1, 0);
+  expect_error_on_every_rank(
+      [&] {
+        checkpoint::save_checkpoint(directory / "precious", trained.model->stages(), nullptr,
+                                    checkpoint::SaveOptions{});
+      },
+      {"precious", "is not a checkpoint", "refusing to replace"});
+  EXPECT_EQ(file_bytes(directory / "precious" / "data.bin"), "keep");
+  // And a checkpoint without optimizer state cannot restore an optimizer.
+  checkpoint::save_checkpoint(directory / "weights_only", trained.model->stages(), nullptr, checkpoint::SaveOptions{});
+  expect_error_on_every_rank(
+      [&] {
+        checkpoint::load_checkpoint(directory / "weights_only", trained.model->stages(), trained.optimizer.get());
+      },
+      {"weights_only", "no optimizer state"});
+}
+
+}  // namespace
+}  // namespace fsdp::testing
