@@ -2,6 +2,7 @@
 //
 //   scripts/mpirun.sh -np 4 build/bin/fsdp-bench --case restore
 //   scripts/mpirun.sh -np 2 build/bin/fsdp-bench --case reduce --json
+//   scripts/mpirun.sh -np 4 build/bin/fsdp-bench --case load
 //
 // Prints an nccl-tests style table (size, time, algbw, busbw) for ours and for
 // the raw baseline, and the ratio ours / raw (1.0 = no overhead). With --json,
@@ -14,6 +15,7 @@
 
 #include "bench/adamw_bench.h"
 #include "bench/collective_bench.h"
+#include "bench/load_bench.h"
 #include "bench/step_bench.h"
 #include "launch/program.h"
 
@@ -88,6 +90,48 @@ void print_adamw(const std::vector<fsdp::bench::AdamWBenchResult>& results, bool
   if (!json) std::printf("# speedup = torch time / ours; vs copy = copy time / ours\n");
 }
 
+void print_load(const fsdp::bench::LoadBenchOptions& options, const fsdp::bench::LoadBenchResult& r,
+                bool json) {
+  constexpr double kMiB = 1024.0 * 1024.0;
+  if (json) {
+    nlohmann::json line = {{"case", "load"},
+                           {"bytes", r.checkpoint_bytes},
+                           {"ranks", r.ranks},
+                           {"checkpoint_bytes", r.checkpoint_bytes},
+                           {"files", r.files},
+                           {"time_s", r.time_seconds},
+                           {"raw_time_s", r.raw_time_seconds},
+                           {"gbps", r.gbps()},
+                           {"raw_gbps", r.raw_gbps()},
+                           {"ratio", r.ratio()},
+                           {"bytes_read_ratio", r.bytes_read_ratio()},
+                           {"load_overhead_mib", r.load_overhead_bytes / kMiB},
+                           {"shard_mib", r.shard_bytes / kMiB},
+                           {"rss_ratio", r.rss_ratio},
+                           {"page_cache", "warm"}};
+    std::cout << line.dump() << std::endl;
+    return;
+  }
+  std::printf(
+      "# case load: HF checkpoint of a Llama with MoE experts (hidden %lld, %lld experts, %lld "
+      "layers), %.3f GB in %d file(s), %d rank(s); warm page cache (nothing dropped)\n",
+      static_cast<long long>(options.hidden), static_cast<long long>(options.experts),
+      static_cast<long long>(options.layers), r.checkpoint_bytes / 1e9, r.files, r.ranks);
+  std::printf("%10s %10s %12s %10s %8s %12s %14s %10s %10s\n", "time(s)", "GB/s", "raw time(s)",
+              "raw GB/s", "ratio", "bytes read", "overhead(MiB)", "shard(MiB)", "rss ratio");
+  std::printf("%10.3f %10.3f %12.3f %10.3f %8.3f %12.3f %14.1f %10.1f %10.3f\n", r.time_seconds,
+              r.gbps(), r.raw_time_seconds, r.raw_gbps(), r.ratio(), r.bytes_read_ratio(),
+              r.load_overhead_bytes / kMiB, r.shard_bytes / kMiB, r.rss_ratio);
+  std::printf(
+      "# times: medians of %d, slowest rank; raw = every rank preads a contiguous 1/%d of the "
+      "files sequentially; ratio = raw time / our time (target >= 0.7)\n"
+      "# bytes read = bytes read by all ranks / checkpoint bytes (target <= 1.05)\n"
+      "# overhead = peak RSS during the load above the RSS before it (the model's shards and "
+      "buffers already allocated), largest rank; shard = that rank's weight shard; rss ratio = "
+      "(shard + overhead) / shard (target: overhead <= 64 MiB)\n",
+      options.iterations, r.ranks);
+}
+
 int run(fsdp::launch::Runtime& runtime, const po::variables_map& values) {
   const std::string case_name = values["case"].as<std::string>();
   std::vector<std::string> cases;
@@ -144,6 +188,17 @@ int run(fsdp::launch::Runtime& runtime, const po::variables_map& values) {
       }
       continue;
     }
+    if (name == "load") {
+      fsdp::bench::LoadBenchOptions options;
+      options.hidden = values["load-hidden"].as<std::int64_t>();
+      options.experts = values["load-experts"].as<std::int64_t>();
+      options.layers = values["load-layers"].as<std::int64_t>();
+      options.iterations = values["iterations"].as<int>();
+      if (values.count("load-dir")) options.parent_directory = values["load-dir"].as<std::string>();
+      const auto result = fsdp::bench::run_load_bench(runtime, options);
+      if (runtime.rank() == 0) print_load(options, result, values.count("json") != 0);
+      continue;
+    }
     if (name == "adamw") {
       std::vector<std::int64_t> elements;
       for (std::int64_t bytes : parse_sizes(values["sizes-mib"].as<std::string>())) {
@@ -188,15 +243,17 @@ int main(int argc, char** argv) {
   po::options_description options("Benchmark");
   options.add_options()(
       "case", po::value<std::string>()->default_value("all")->notifier([](const std::string& c) {
-        if (c != "restore" && c != "reduce" && c != "adamw" && c != "step" && c != "all") {
+        if (c != "restore" && c != "reduce" && c != "adamw" && c != "step" && c != "load" &&
+            c != "all") {
           throw po::invalid_option_value("--case " + c +
-                                         " (expected restore, reduce, adamw, step or all)");
+                                         " (expected restore, reduce, adamw, step, load or all)");
         }
       }),
       "restore: restore_parameters() vs MPI_Allgather; reduce: reduce_gradients() vs "
       "MPI_Reduce_scatter_block; adamw: fused shard AdamW vs torch::optim::AdamW (one process; "
       "shard sizes from --sizes-mib); step: training-step tokens/s vs plain libtorch (world "
-      "size 1); all: restore, reduce and adamw")(
+      "size 1); load: HF checkpoint import vs a raw read of its files (generated, about 1 GB by "
+      "default); all: restore, reduce and adamw")(
       "sizes-mib", po::value<std::string>()->default_value("1,4,16,64,256"),
       "stage buffer sizes, comma-separated MiB")(
       "compute-dtype",
@@ -211,6 +268,13 @@ int main(int argc, char** argv) {
       "warmup", po::value<int>()->default_value(2), "untimed iterations per size")(
       "zero-stage", po::value<int>()->default_value(3),
       "ZeRO stage for the step case (1, 2, 3; 3 uses 2 shared buffers)")(
+      "load-hidden", po::value<std::int64_t>()->default_value(512),
+      "load case: hidden size (experts' intermediate size is twice it)")(
+      "load-experts", po::value<std::int64_t>()->default_value(16), "load case: experts per layer")(
+      "load-layers", po::value<std::int64_t>()->default_value(10), "load case: decoder layers")(
+      "load-dir", po::value<std::string>(),
+      "load case: where to generate the checkpoint (default: the temporary directory); it is "
+      "written to a subdirectory named by rank 0's pid and removed at the end")(
       "json", "one JSON object per line instead of the table");
   return fsdp::launch::run_program(
       argc, argv,

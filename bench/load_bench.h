@@ -69,8 +69,8 @@ struct LoadBenchResult {
   }
 };
 
-// Collective. Throws std::invalid_argument for a configuration the model
-// rejects, std::runtime_error where the kernel cannot reset the peak RSS
+// Collective. Throws std::invalid_argument for fewer than 1 iteration or a
+// configuration the model rejects, std::runtime_error where the kernel cannot reset the peak RSS
 // (/proc/self/clear_refs, Linux >= 4.0), and what export or import throw.
 LoadBenchResult run_load_bench(launch::Runtime& runtime, const LoadBenchOptions& options);
 

@@ -3,13 +3,16 @@
 # Idempotent: packages already installed are not fetched again, and the build is incremental.
 #
 # Dependencies, all Debian packages: libtorch, Open MPI, Boost.Program_options,
-# GoogleTest, nlohmann-json, CMake, Ninja. CUDA is optional: when nvcc is on
+# GoogleTest, nlohmann-json, xxHash, CMake, Ninja. The interop test needs the
+# reference `safetensors` Python package, which Debian does not ship: it is
+# installed from PyPI into a virtual environment in build/python. CUDA is optional: when nvcc is on
 # PATH or in /usr/local/cuda, the CUDA kernels and the NCCL backend are built too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(cmake ninja-build g++ libtorch-dev libopenmpi-dev openmpi-bin
-          libboost-program-options-dev libgtest-dev nlohmann-json3-dev)
+          libboost-program-options-dev libgtest-dev nlohmann-json3-dev libxxhash-dev
+          python3-venv)
 missing=()
 for package in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
@@ -27,6 +30,14 @@ fi
 # CMake finds nvcc on PATH; the CUDA toolkit on these machines lives in /usr/local/cuda.
 if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ] && [ -z "${CUDACXX:-}" ]; then
   export CUDACXX=/usr/local/cuda/bin/nvcc
+fi
+
+# The reference safetensors implementation, for the interop test.
+if [ ! -x build/python/bin/python ] || ! build/python/bin/python -c "import safetensors, numpy" 2>/dev/null; then
+  echo "setup: installing the safetensors and numpy Python packages into build/python"
+  mkdir -p build
+  python3 -m venv build/python
+  build/python/bin/pip install --quiet --disable-pip-version-check "safetensors>=0.4" numpy
 fi
 
 if [ ! -f build/CMakeCache.txt ]; then
