@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <limits>
 
 #include "checkpoint/checkpoint_error.h"
@@ -10,9 +11,17 @@
 namespace fsdp::checkpoint {
 namespace {
 
-// NaNs in `values`, counted in chunks so that no shard-sized mask is allocated.
+// NaNs in `values`, without allocating anything shard-sized: a float32 host
+// shard is scanned in place; anything else in small chunks (torch's sum of a
+// boolean mask widens it to int64, 8 bytes per element).
 std::int64_t count_nan(const at::Tensor& values) {
-  constexpr std::int64_t kChunk = std::int64_t{1} << 22;
+  if (values.device().is_cpu() && values.scalar_type() == at::kFloat && values.is_contiguous()) {
+    const float* data = values.data_ptr<float>();
+    std::int64_t total = 0;
+    for (std::int64_t i = 0; i < values.numel(); ++i) total += std::isnan(data[i]) ? 1 : 0;
+    return total;
+  }
+  constexpr std::int64_t kChunk = std::int64_t{1} << 16;
   std::int64_t total = 0;
   for (std::int64_t begin = 0; begin < values.numel(); begin += kChunk) {
     const auto piece = values.narrow(0, begin, std::min(kChunk, values.numel() - begin));
