@@ -119,8 +119,8 @@ Attempt plan_parameter(const ParameterSlot& slot, const ConversionRule& rule,
                                         slot.shape.end());
   const int dim = rule.concat_dim;
   if (!rule.reshapes() && (dim < 0 || static_cast<std::size_t>(dim) >= block.size())) {
-    throw CheckpointError(where + ": concat_dim " + std::to_string(dim) +
-                          " is outside its block " + format_shape(block));
+    throw CheckpointError(where + ": concat_dim " + std::to_string(dim) + " is outside its block " +
+                          format_shape(block));
   }
   const std::int64_t block_numel = product(block, 0, block.size());
   const std::int64_t stack_count = product(slot.shape, 0, stacked);
@@ -156,9 +156,10 @@ Attempt plan_parameter(const ParameterSlot& slot, const ConversionRule& rule,
         piece.source = *located;
         piece.shape = located->entry->shape;
         if (!is_supported_conversion(located->entry->dtype, target_type)) {
-          throw CheckpointError(located->file->path() + ": tensor \"" + piece.key + "\" has dtype " +
-                                std::string(dtype_name(located->entry->dtype)) + ", which cannot load into " +
-                                where + " of " + std::string(element_type_name(slot.dtype)));
+          throw CheckpointError(located->file->path() + ": tensor \"" + piece.key +
+                                "\" has dtype " + std::string(dtype_name(located->entry->dtype)) +
+                                ", which cannot load into " + where + " of " +
+                                std::string(element_type_name(slot.dtype)));
         }
       } else {
         std::vector<std::int64_t> shape = rule.reshapes() ? rule.stored_shape : block;
@@ -174,15 +175,19 @@ Attempt plan_parameter(const ParameterSlot& slot, const ConversionRule& rule,
       }
       if (source.transposed && piece.shape.size() < 2) {
         throw CheckpointError("tensor \"" + piece.key + "\" " + format_shape(piece.shape) +
-                              " is marked transposed but has fewer than 2 dimensions (" + where + ")");
+                              " is marked transposed but has fewer than 2 dimensions (" + where +
+                              ")");
       }
       const auto in_block = source.transposed ? swap_last_two(piece.shape) : piece.shape;
       piece.numel = product(in_block, 0, in_block.size());
-      shapes_seen += (shapes_seen.empty() ? "" : ", ") + piece.key + " " + format_shape(piece.shape);
+      shapes_seen +=
+          (shapes_seen.empty() ? "" : ", ") + piece.key + " " + format_shape(piece.shape);
       if (rule.reshapes()) {
         if (piece.shape != rule.stored_shape || piece.numel != block_numel) {
-          throw CheckpointError("tensor \"" + piece.key + "\" " + format_shape(piece.shape) + ", but " + where + " is reshaped from " +
-                                format_shape(rule.stored_shape) + " into blocks of " + format_shape(block));
+          throw CheckpointError("tensor \"" + piece.key + "\" " + format_shape(piece.shape) +
+                                ", but " + where + " is reshaped from " +
+                                format_shape(rule.stored_shape) + " into blocks of " +
+                                format_shape(block));
         }
         piece.run = piece.destination_stride = std::max<std::int64_t>(block_numel, 1);
         piece.destination_base = slot.flat_range.begin + s * block_numel;
@@ -192,12 +197,12 @@ Attempt plan_parameter(const ParameterSlot& slot, const ConversionRule& rule,
           fits = static_cast<int>(d) == dim || in_block[d] == block[d];
         }
         if (!fits) {
-          throw CheckpointError("tensor \"" + piece.key + "\" has shape " + format_shape(piece.shape) +
-                                (source.transposed ? " (stored transposed)" : "") + ", but " + where +
-                                " needs " + format_shape(block) + " blocks" +
-                                (rule.sources.size() > 1 ? " concatenated along dimension " +
-                                                               std::to_string(dim)
-                                                         : std::string()));
+          throw CheckpointError(
+              "tensor \"" + piece.key + "\" has shape " + format_shape(piece.shape) +
+              (source.transposed ? " (stored transposed)" : "") + ", but " + where + " needs " +
+              format_shape(block) + " blocks" +
+              (rule.sources.size() > 1 ? " concatenated along dimension " + std::to_string(dim)
+                                       : std::string()));
         }
         const std::int64_t inner = product(block, dim + 1, block.size());
         piece.run = std::max<std::int64_t>(in_block[dim] * inner, 1);

@@ -21,9 +21,9 @@
 //                  <- q_proj, k_proj, v_proj along dim 0
 //   stack:       "decoder.{layer}.mlp.experts.down_proj" [E, H, I]
 //                  <- stacked {expert}: "...experts.{expert}.down_proj.weight" [H, I]
-//   both:        "...experts.gate_up_proj" [E, 2I, H] <- stacked {expert}, concat(gate_proj, up_proj)
-//   transpose:   a source stored as [in, out] for a block [out, in]
-//   reshape:     one source stored in another shape with the block's element count
+//   both:        "...experts.gate_up_proj" [E, 2I, H] <- stacked {expert}, concat(gate_proj,
+//   up_proj) transpose:   a source stored as [in, out] for a block [out, in] reshape:     one
+//   source stored in another shape with the block's element count
 //
 // Several rules may target the same parameter (for example experts stored
 // fused or per expert): the first whose sources all exist is used. Every
@@ -81,11 +81,11 @@ struct ConversionRules {
 struct ConversionPiece {
   std::string key;
   std::string parameter;
-  LocatedTensor source;                // null file/entry in plans made without a checkpoint
-  std::vector<std::int64_t> shape;     // the source's shape as stored
+  LocatedTensor source;             // null file/entry in plans made without a checkpoint
+  std::vector<std::int64_t> shape;  // the source's shape as stored
   bool transposed = false;
   std::int64_t numel = 0;
-  std::int64_t run = 0;                // contiguous elements per step (> 0 unless numel == 0)
+  std::int64_t run = 0;  // contiguous elements per step (> 0 unless numel == 0)
   std::int64_t destination_base = 0;
   std::int64_t destination_stride = 0;
 

@@ -13,8 +13,8 @@
 #include "checkpoint/element_conversion.h"
 #include "checkpoint/file_io.h"
 #include "checkpoint/load_verification.h"
-#include "checkpoint/stage_group.h"
 #include "checkpoint/safetensors_file.h"
+#include "checkpoint/stage_group.h"
 #include "fsdp/collective_errors.h"
 #include "fsdp/torch_interop.h"
 #include "stages/sharded_adamw.h"
@@ -36,24 +36,24 @@ fs::path staging_path(const fs::path& directory) { return directory.string() + "
 fs::path previous_path(const fs::path& directory) { return directory.string() + ".previous"; }
 
 ElementType element_type_named(const std::string& name, const std::string& context) {
-  for (auto type : {ElementType::kFloat32, ElementType::kFloat64, ElementType::kBFloat16,
-                    ElementType::kFloat16, ElementType::kInt8, ElementType::kUInt8,
-                    ElementType::kInt32, ElementType::kInt64}) {
+  for (auto type :
+       {ElementType::kFloat32, ElementType::kFloat64, ElementType::kBFloat16, ElementType::kFloat16,
+        ElementType::kInt8, ElementType::kUInt8, ElementType::kInt32, ElementType::kInt64}) {
     if (element_type_name(type) == name) return type;
   }
   throw CheckpointError(context + ": unknown dtype \"" + name + "\"");
 }
 
-
-
 // Every rank's values of `mine`, concatenated in rank order, where rank r
 // contributes counts[r] values (all_reduce of a zero-padded vector: adding
 // zeros to a single non-zero term is exact). REQUIRES: mine.size() == counts[rank].
-std::vector<std::int64_t> all_gather_values(ProcessGroup& group, const std::vector<std::int64_t>& mine,
+std::vector<std::int64_t> all_gather_values(ProcessGroup& group,
+                                            const std::vector<std::int64_t>& mine,
                                             const std::vector<std::int64_t>& counts) {
   if (static_cast<std::int64_t>(mine.size()) != counts.at(group.rank())) {
-    throw std::logic_error("all_gather_values: this rank contributes " + std::to_string(mine.size()) +
-                           " values, not " + std::to_string(counts.at(group.rank())));
+    throw std::logic_error("all_gather_values: this rank contributes " +
+                           std::to_string(mine.size()) + " values, not " +
+                           std::to_string(counts.at(group.rank())));
   }
   std::int64_t total = 0, offset = 0;
   for (int r = 0; r < group.size(); ++r) {
@@ -77,22 +77,23 @@ json stage_to_json(const Fsdp& stage) {
                           {"dtype", std::string(element_type_name(slot.dtype))},
                           {"flat_range", {slot.flat_range.begin, slot.flat_range.end}}});
   }
-  return {{"name", stage.stage_name()},
-          {"shard_dtype", std::string(element_type_name(element_type_of(stage.options().shard_dtype)))},
-          {"unpadded_numel", layout.unpadded_numel()},
-          {"shard_numel", layout.shard_numel()},
-          {"parameters", parameters}};
+  return {
+      {"name", stage.stage_name()},
+      {"shard_dtype", std::string(element_type_name(element_type_of(stage.options().shard_dtype)))},
+      {"unpadded_numel", layout.unpadded_numel()},
+      {"shard_numel", layout.shard_numel()},
+      {"parameters", parameters}};
 }
 
 // The shards one rank writes, by tensor name.
-std::vector<std::pair<std::string, at::Tensor>> shards_to_save(const std::vector<Fsdp*>& stages,
-                                                               const stages::ShardedAdamW* optimizer,
-                                                               bool gradients) {
+std::vector<std::pair<std::string, at::Tensor>> shards_to_save(
+    const std::vector<Fsdp*>& stages, const stages::ShardedAdamW* optimizer, bool gradients) {
   std::vector<std::pair<std::string, at::Tensor>> shards;
   for (std::size_t s = 0; s < stages.size(); ++s) {
     const auto& name = stages[s]->stage_name();
     shards.emplace_back(tensor_name(name, kWeightShard), stages[s]->weight_shard());
-    if (gradients) shards.emplace_back(tensor_name(name, kGradientShard), stages[s]->gradient_shard());
+    if (gradients)
+      shards.emplace_back(tensor_name(name, kGradientShard), stages[s]->gradient_shard());
     if (optimizer != nullptr) {
       shards.emplace_back(tensor_name(name, kExpAvg), optimizer->exp_avg(s));
       shards.emplace_back(tensor_name(name, kExpAvgSq), optimizer->exp_avg_sq(s));
@@ -107,8 +108,8 @@ struct WrittenFile {
 };
 
 WrittenFile write_rank_file(const fs::path& path, int rank, int world_size,
-                                  const std::vector<std::pair<std::string, at::Tensor>>& shards,
-                                  const SaveOptions& options) {
+                            const std::vector<std::pair<std::string, at::Tensor>>& shards,
+                            const SaveOptions& options) {
   std::vector<TensorDeclaration> declarations;
   for (const auto& [name, tensor] : shards) {
     declarations.push_back({name, safetensors_dtype_of(tensor.scalar_type()), {tensor.numel()}});
@@ -126,7 +127,8 @@ WrittenFile write_rank_file(const fs::path& path, int rank, int world_size,
       writer.append(tensor.data_ptr(), entry.bytes());
       continue;
     }
-    const std::int64_t chunk = std::max<std::int64_t>(1, options.chunk_bytes / tensor.element_size());
+    const std::int64_t chunk =
+        std::max<std::int64_t>(1, options.chunk_bytes / tensor.element_size());
     for (std::int64_t first = 0; first < tensor.numel(); first += chunk) {
       const auto host = tensor.narrow(0, first, std::min(chunk, tensor.numel() - first)).cpu();
       writer.append(host.data_ptr(), host.numel() * host.element_size());
@@ -196,9 +198,9 @@ CheckpointIndex parse_index(const fs::path& directory) {
     record.unpadded_numel = field<std::int64_t>(stage, "unpadded_numel", stage_context);
     record.shard_numel = field<std::int64_t>(stage, "shard_numel", stage_context);
     if (record.shard_numel * index.world_size < record.unpadded_numel) {
-      throw CheckpointError(stage_context + ": " + std::to_string(index.world_size) + " shards of " +
-                            std::to_string(record.shard_numel) + " elements cannot hold " +
-                            std::to_string(record.unpadded_numel));
+      throw CheckpointError(stage_context + ": " + std::to_string(index.world_size) +
+                            " shards of " + std::to_string(record.shard_numel) +
+                            " elements cannot hold " + std::to_string(record.unpadded_numel));
     }
     for (const auto& parameter : field<json>(stage, "parameters", stage_context)) {
       ParameterSpec spec;
@@ -207,7 +209,8 @@ CheckpointIndex parse_index(const fs::path& directory) {
       spec.dtype = element_type_named(field<std::string>(parameter, "dtype", stage_context),
                                       stage_context + " parameter \"" + spec.name + "\"");
       const auto range = field<std::vector<std::int64_t>>(parameter, "flat_range", stage_context);
-      if (range.size() != 2) throw CheckpointError(stage_context + ": flat_range must be [begin, end]");
+      if (range.size() != 2)
+        throw CheckpointError(stage_context + ": flat_range must be [begin, end]");
       record.parameters.push_back(std::move(spec));
       record.flat_ranges.push_back({range[0], range[1]});
     }
@@ -226,12 +229,15 @@ CheckpointIndex parse_index(const fs::path& directory) {
     for (const auto& block : field<std::vector<std::string>>(checksum, "blocks", context)) {
       record.checksums.push_back(parse_checksum(block, context + ": file " + record.name));
     }
-    const auto expected_blocks = record.checksum_block_bytes > 0
-        ? (record.bytes + record.checksum_block_bytes - 1) / record.checksum_block_bytes : -1;
+    const auto expected_blocks =
+        record.checksum_block_bytes > 0
+            ? (record.bytes + record.checksum_block_bytes - 1) / record.checksum_block_bytes
+            : -1;
     if (expected_blocks != static_cast<std::int64_t>(record.checksums.size())) {
-      throw CheckpointError(context + ": file " + record.name + " of " + std::to_string(record.bytes) +
-                            " bytes needs " + std::to_string(expected_blocks) +
-                            " checksum blocks, the index has " + std::to_string(record.checksums.size()));
+      throw CheckpointError(context + ": file " + record.name + " of " +
+                            std::to_string(record.bytes) + " bytes needs " +
+                            std::to_string(expected_blocks) + " checksum blocks, the index has " +
+                            std::to_string(record.checksums.size()));
     }
     index.files.push_back(std::move(record));
   }
@@ -258,7 +264,8 @@ void check_layout(const CheckpointIndex& index, const std::vector<Fsdp*>& stages
       throw CheckpointError(where + " is \"" + record.name + "\" in the checkpoint and \"" +
                             stages[s]->stage_name() + "\" in the model");
     }
-    const auto model_dtype = std::string(element_type_name(element_type_of(stages[s]->options().shard_dtype)));
+    const auto model_dtype =
+        std::string(element_type_name(element_type_of(stages[s]->options().shard_dtype)));
     if (record.shard_dtype != model_dtype) {
       throw CheckpointError(where + " (\"" + record.name + "\"): shards are " + record.shard_dtype +
                             " in the checkpoint and " + model_dtype + " in the model");
@@ -267,17 +274,19 @@ void check_layout(const CheckpointIndex& index, const std::vector<Fsdp*>& stages
     for (std::size_t p = 0; p < count; ++p) {
       if (p >= record.parameters.size() || p >= layout.parameters().size()) {
         const bool model_has_more = p >= record.parameters.size();
-        throw CheckpointError(where + " (\"" + record.name + "\"): parameter \"" +
-                              (model_has_more ? layout.parameters()[p].name : record.parameters[p].name) +
-                              "\" is only in the " + (model_has_more ? "model" : "checkpoint"));
+        throw CheckpointError(
+            where + " (\"" + record.name + "\"): parameter \"" +
+            (model_has_more ? layout.parameters()[p].name : record.parameters[p].name) +
+            "\" is only in the " + (model_has_more ? "model" : "checkpoint"));
       }
       const auto& saved = record.parameters[p];
       const auto& slot = layout.parameters()[p];
       if (saved.name != slot.name || saved.shape != slot.shape || saved.dtype != slot.dtype ||
           !(record.flat_ranges[p] == slot.flat_range)) {
         throw CheckpointError(where + " (\"" + record.name + "\"), parameter " + std::to_string(p) +
-                              ": the checkpoint has \"" + saved.name + "\" " + format_shape(saved.shape) +
-                              " " + std::string(element_type_name(saved.dtype)) + ", the model \"" +
+                              ": the checkpoint has \"" + saved.name + "\" " +
+                              format_shape(saved.shape) + " " +
+                              std::string(element_type_name(saved.dtype)) + ", the model \"" +
                               slot.name + "\" " + format_shape(slot.shape) + " " +
                               std::string(element_type_name(slot.dtype)) + " (a different model?)");
       }
@@ -313,8 +322,9 @@ class VerifiedReader {
         const std::int64_t index = (position + b) / block;
         const auto found = block_checksum(staging_.get() + b, std::min(block, length - b));
         if (found != record_.checksums[index]) {
-          throw CheckpointError(file_.path() + ": checksum mismatch in block " + std::to_string(index) +
-                                " (bytes " + std::to_string(index * block) + " to " +
+          throw CheckpointError(file_.path() + ": checksum mismatch in block " +
+                                std::to_string(index) + " (bytes " + std::to_string(index * block) +
+                                " to " +
                                 std::to_string(std::min(record_.bytes, (index + 1) * block)) +
                                 "): expected " + format_checksum(record_.checksums[index]) +
                                 ", found " + format_checksum(found) + "; the file is corrupt");
@@ -349,7 +359,8 @@ void load_shards(const CheckpointIndex& index, std::size_t stage_index, const Fs
   const auto new_begin = layout.shard_range(rank).begin;
   const std::int64_t element_bytes = static_cast<std::int64_t>(destination.element_size());
   for (int old_rank = 0; old_rank < index.world_size; ++old_rank) {
-    const ElementRange old_range{old_rank * record.shard_numel, (old_rank + 1) * record.shard_numel};
+    const ElementRange old_range{old_rank * record.shard_numel,
+                                 (old_rank + 1) * record.shard_numel};
     const auto overlap = intersect(owned, old_range);
     if (overlap.empty()) continue;
     auto& reader = readers[old_rank];
@@ -371,7 +382,8 @@ void load_shards(const CheckpointIndex& index, std::size_t stage_index, const Fs
     const std::int64_t bytes = overlap.size() * element_bytes;
     const std::int64_t shard_offset = overlap.begin - new_begin;
     if (destination.device().is_cpu()) {
-      reader->read(file_offset, static_cast<char*>(destination.data_ptr()) + shard_offset * element_bytes,
+      reader->read(file_offset,
+                   static_cast<char*>(destination.data_ptr()) + shard_offset * element_bytes,
                    bytes);
     } else {
       const std::int64_t chunk = std::max<std::int64_t>(1, chunk_bytes / element_bytes);
@@ -385,7 +397,8 @@ void load_shards(const CheckpointIndex& index, std::size_t stage_index, const Fs
     }
     if (verification != nullptr) {
       for (std::size_t p = 0; p < layout.parameters().size(); ++p) {
-        verification->count(stage_index, p, intersect(overlap, layout.parameters()[p].flat_range).size());
+        verification->count(stage_index, p,
+                            intersect(overlap, layout.parameters()[p].flat_range).size());
       }
     }
   }
@@ -423,7 +436,8 @@ void save_checkpoint(const fs::path& directory, const std::vector<Fsdp*>& stages
     const auto written = write_rank_file(staging / rank_file_name(rank, world_size), rank,
                                          world_size, shards, options);
     my_record.push_back(written.bytes);
-    for (const auto checksum : written.checksums) my_record.push_back(static_cast<std::int64_t>(checksum));
+    for (const auto checksum : written.checksums)
+      my_record.push_back(static_cast<std::int64_t>(checksum));
   });
   const auto lengths = all_gather_values(group, {static_cast<std::int64_t>(my_record.size())},
                                          std::vector<std::int64_t>(world_size, 1));
@@ -440,9 +454,10 @@ void save_checkpoint(const fs::path& directory, const std::vector<Fsdp*>& stages
       files.push_back({{"name", rank_file_name(r, world_size)},
                        {"rank", r},
                        {"bytes", records[cursor]},
-                       {"checksum", {{"algorithm", kChecksumAlgorithm},
-                                     {"block_bytes", options.checksum_block_bytes},
-                                     {"blocks", blocks}}}});
+                       {"checksum",
+                        {{"algorithm", kChecksumAlgorithm},
+                         {"block_bytes", options.checksum_block_bytes},
+                         {"blocks", blocks}}}});
       cursor += static_cast<std::size_t>(lengths[r]);
     }
     json stage_records = json::array();
@@ -467,7 +482,8 @@ void save_checkpoint(const fs::path& directory, const std::vector<Fsdp*>& stages
 
 CheckpointIndex read_checkpoint_index(const fs::path& directory) {
   std::error_code error;
-  if (!fs::exists(directory, error) && fs::exists(previous_path(directory) / kCheckpointIndexFileName, error)) {
+  if (!fs::exists(directory, error) &&
+      fs::exists(previous_path(directory) / kCheckpointIndexFileName, error)) {
     return parse_index(previous_path(directory));
   }
   if (!fs::is_directory(directory, error)) {
@@ -477,7 +493,8 @@ CheckpointIndex read_checkpoint_index(const fs::path& directory) {
 }
 
 CheckpointIndex load_checkpoint(const fs::path& directory, const std::vector<Fsdp*>& stages,
-                                stages::ShardedAdamW* optimizer, const LoadCheckpointOptions& options) {
+                                stages::ShardedAdamW* optimizer,
+                                const LoadCheckpointOptions& options) {
   auto& group = common_group(stages);
   CheckpointIndex index;
   std::unique_ptr<LoadVerification> verification;
@@ -496,8 +513,8 @@ CheckpointIndex load_checkpoint(const fs::path& directory, const std::vector<Fsd
     std::vector<std::unique_ptr<VerifiedReader>> readers(index.world_size);
     for (std::size_t s = 0; s < stages.size(); ++s) {
       auto* stage = stages[s];
-      load_shards(index, s, *stage, kWeightShard, stage->weight_shard(), readers, options.chunk_bytes,
-                  verification.get());
+      load_shards(index, s, *stage, kWeightShard, stage->weight_shard(), readers,
+                  options.chunk_bytes, verification.get());
       if (options.gradients) {
         stage->gradient_shard().zero_();
         load_shards(index, s, *stage, kGradientShard, stage->gradient_shard(), readers,
@@ -506,9 +523,10 @@ CheckpointIndex load_checkpoint(const fs::path& directory, const std::vector<Fsd
       if (optimizer != nullptr) {
         optimizer->exp_avg(s).zero_();
         optimizer->exp_avg_sq(s).zero_();
-        load_shards(index, s, *stage, kExpAvg, optimizer->exp_avg(s), readers, options.chunk_bytes, nullptr);
-        load_shards(index, s, *stage, kExpAvgSq, optimizer->exp_avg_sq(s), readers, options.chunk_bytes,
+        load_shards(index, s, *stage, kExpAvg, optimizer->exp_avg(s), readers, options.chunk_bytes,
                     nullptr);
+        load_shards(index, s, *stage, kExpAvgSq, optimizer->exp_avg_sq(s), readers,
+                    options.chunk_bytes, nullptr);
       }
     }
     if (optimizer != nullptr) optimizer->set_steps_taken(index.optimizer_steps);

@@ -6,7 +6,8 @@
 //                                           every file's size and block checksums
 //   DIR/rank-00000-of-00004.safetensors     "<stage>/weight_shard" (always),
 //   ...                                     "<stage>/gradient_shard" (when asked),
-//                                           "<stage>/exp_avg", "<stage>/exp_avg_sq" (with an optimizer)
+//                                           "<stage>/exp_avg", "<stage>/exp_avg_sq" (with an
+//                                           optimizer)
 //
 // Saving is atomic: everything is written into DIR.partial beside the target,
 // each file fsynced, the index written last, and then the directory swapped
@@ -109,8 +110,7 @@ struct LoadCheckpointOptions {
 // layout that is not this model's (stage or parameter names, shapes, dtypes).
 // Returns the index (step, training config).
 CheckpointIndex load_checkpoint(const std::filesystem::path& directory,
-                                const std::vector<Fsdp*>& stages,
-                                stages::ShardedAdamW* optimizer,
+                                const std::vector<Fsdp*>& stages, stages::ShardedAdamW* optimizer,
                                 const LoadCheckpointOptions& options = {});
 
 }  // namespace fsdp::checkpoint

@@ -24,7 +24,8 @@ float decode_float8_e4m3fn(std::uint8_t bits) {
 
 // float8_e5m2 is the upper byte of an IEEE half: same exponent, fewer mantissa bits.
 float decode_float8_e5m2(std::uint8_t bits) {
-  return static_cast<float>(c10::Half(static_cast<std::uint16_t>(bits << 8), c10::Half::from_bits()));
+  return static_cast<float>(
+      c10::Half(static_cast<std::uint16_t>(bits << 8), c10::Half::from_bits()));
 }
 
 template <float (*Decode)(std::uint8_t)>
@@ -41,32 +42,53 @@ const std::array<float, 256>& decode_table() {
 
 std::optional<c10::ScalarType> scalar_type_of(SafetensorsDtype dtype) {
   switch (dtype) {
-    case SafetensorsDtype::kBool: return c10::ScalarType::Bool;
-    case SafetensorsDtype::kUInt8: return c10::ScalarType::Byte;
-    case SafetensorsDtype::kInt8: return c10::ScalarType::Char;
-    case SafetensorsDtype::kInt16: return c10::ScalarType::Short;
-    case SafetensorsDtype::kFloat16: return c10::ScalarType::Half;
-    case SafetensorsDtype::kBFloat16: return c10::ScalarType::BFloat16;
-    case SafetensorsDtype::kInt32: return c10::ScalarType::Int;
-    case SafetensorsDtype::kFloat32: return c10::ScalarType::Float;
-    case SafetensorsDtype::kFloat64: return c10::ScalarType::Double;
-    case SafetensorsDtype::kInt64: return c10::ScalarType::Long;
-    default: return std::nullopt;
+    case SafetensorsDtype::kBool:
+      return c10::ScalarType::Bool;
+    case SafetensorsDtype::kUInt8:
+      return c10::ScalarType::Byte;
+    case SafetensorsDtype::kInt8:
+      return c10::ScalarType::Char;
+    case SafetensorsDtype::kInt16:
+      return c10::ScalarType::Short;
+    case SafetensorsDtype::kFloat16:
+      return c10::ScalarType::Half;
+    case SafetensorsDtype::kBFloat16:
+      return c10::ScalarType::BFloat16;
+    case SafetensorsDtype::kInt32:
+      return c10::ScalarType::Int;
+    case SafetensorsDtype::kFloat32:
+      return c10::ScalarType::Float;
+    case SafetensorsDtype::kFloat64:
+      return c10::ScalarType::Double;
+    case SafetensorsDtype::kInt64:
+      return c10::ScalarType::Long;
+    default:
+      return std::nullopt;
   }
 }
 
 SafetensorsDtype safetensors_dtype_of(c10::ScalarType type) {
   switch (type) {
-    case c10::ScalarType::Bool: return SafetensorsDtype::kBool;
-    case c10::ScalarType::Byte: return SafetensorsDtype::kUInt8;
-    case c10::ScalarType::Char: return SafetensorsDtype::kInt8;
-    case c10::ScalarType::Short: return SafetensorsDtype::kInt16;
-    case c10::ScalarType::Half: return SafetensorsDtype::kFloat16;
-    case c10::ScalarType::BFloat16: return SafetensorsDtype::kBFloat16;
-    case c10::ScalarType::Int: return SafetensorsDtype::kInt32;
-    case c10::ScalarType::Float: return SafetensorsDtype::kFloat32;
-    case c10::ScalarType::Double: return SafetensorsDtype::kFloat64;
-    case c10::ScalarType::Long: return SafetensorsDtype::kInt64;
+    case c10::ScalarType::Bool:
+      return SafetensorsDtype::kBool;
+    case c10::ScalarType::Byte:
+      return SafetensorsDtype::kUInt8;
+    case c10::ScalarType::Char:
+      return SafetensorsDtype::kInt8;
+    case c10::ScalarType::Short:
+      return SafetensorsDtype::kInt16;
+    case c10::ScalarType::Half:
+      return SafetensorsDtype::kFloat16;
+    case c10::ScalarType::BFloat16:
+      return SafetensorsDtype::kBFloat16;
+    case c10::ScalarType::Int:
+      return SafetensorsDtype::kInt32;
+    case c10::ScalarType::Float:
+      return SafetensorsDtype::kFloat32;
+    case c10::ScalarType::Double:
+      return SafetensorsDtype::kFloat64;
+    case c10::ScalarType::Long:
+      return SafetensorsDtype::kInt64;
     default:
       throw CheckpointError(std::string("no safetensors dtype for torch type ") +
                             c10::toString(type));
@@ -91,11 +113,12 @@ void convert_elements(const void* source, SafetensorsDtype source_dtype, void* d
     std::memcpy(destination, source, static_cast<std::size_t>(count * dtype_size(source_dtype)));
     return;
   }
-  const auto output = at::from_blob(destination, {count}, at::TensorOptions().dtype(destination_type));
+  const auto output =
+      at::from_blob(destination, {count}, at::TensorOptions().dtype(destination_type));
   if (source_type) {
     // const_cast: from_blob wants a mutable pointer; the tensor is only read.
-    output.copy_(at::from_blob(const_cast<void*>(source), {count},
-                               at::TensorOptions().dtype(*source_type)));
+    output.copy_(
+        at::from_blob(const_cast<void*>(source), {count}, at::TensorOptions().dtype(*source_type)));
     return;
   }
   const auto& table = source_dtype == SafetensorsDtype::kFloat8E4M3

@@ -42,7 +42,8 @@ class File {
   void close();
 
  private:
-  File(int descriptor, std::filesystem::path path) : descriptor_(descriptor), path_(std::move(path)) {}
+  File(int descriptor, std::filesystem::path path)
+      : descriptor_(descriptor), path_(std::move(path)) {}
   int descriptor_ = -1;
   std::filesystem::path path_;
 };

@@ -38,7 +38,8 @@ std::vector<OutputFile> split_into_files(const std::vector<OutputTensor>& tensor
                                          std::int64_t max_file_bytes) {
   std::vector<const OutputTensor*> sorted;
   for (const auto& tensor : tensors) sorted.push_back(&tensor);
-  std::sort(sorted.begin(), sorted.end(), [](const auto* a, const auto* b) { return a->piece->key < b->piece->key; });
+  std::sort(sorted.begin(), sorted.end(),
+            [](const auto* a, const auto* b) { return a->piece->key < b->piece->key; });
   std::vector<std::vector<const OutputTensor*>> groups;
   std::int64_t bytes_in_group = 0;
   for (const auto* tensor : sorted) {
@@ -66,8 +67,9 @@ std::vector<OutputFile> split_into_files(const std::vector<OutputTensor>& tensor
     std::vector<TensorEntry> entries;
     serialize_header(file.declarations, {}, &entries);  // only for the data order
     for (const auto& entry : entries) {
-      file.order.push_back(*std::find_if(groups[f].begin(), groups[f].end(),
-                                         [&](const auto* tensor) { return tensor->piece->key == entry.name; }));
+      file.order.push_back(
+          *std::find_if(groups[f].begin(), groups[f].end(),
+                        [&](const auto* tensor) { return tensor->piece->key == entry.name; }));
     }
     files.push_back(std::move(file));
   }
@@ -83,7 +85,8 @@ at::Tensor gather_tensor(const OutputTensor& tensor, const std::vector<Fsdp*>& s
   const auto& layout = stage.layout();
   const auto& slot = layout.parameter(piece.parameter);
   const auto type = scalar_type_of(tensor.dtype);
-  auto gathered = on_group_device(at::empty({piece.numel}, at::TensorOptions().dtype(*type)), group);
+  auto gathered =
+      on_group_device(at::empty({piece.numel}, at::TensorOptions().dtype(*type)), group);
   const auto& shard = stage.weight_shard();
   for (int rank = 0; rank < group.size(); ++rank) {
     const auto owned = layout.shard_range(rank);
@@ -92,7 +95,8 @@ at::Tensor gather_tensor(const OutputTensor& tensor, const std::vector<Fsdp*>& s
     if (rank == group.rank()) {
       for (std::int64_t k = block.begin; k < block.end;) {
         const std::int64_t end = std::min(block.end, (k / piece.run + 1) * piece.run);
-        gathered.narrow(0, k, end - k).copy_(shard.narrow(0, piece.destination(k) - owned.begin, end - k));
+        gathered.narrow(0, k, end - k)
+            .copy_(shard.narrow(0, piece.destination(k) - owned.begin, end - k));
         k = end;
       }
     }
@@ -123,9 +127,11 @@ void export_hf_checkpoint(const fs::path& directory, const ConversionRules& rule
       std::size_t stage_index = 0;
       while (!stages[stage_index]->layout().contains(piece.parameter)) ++stage_index;
       const auto& slot = stages[stage_index]->layout().parameter(piece.parameter);
-      const auto dtype = options.dtype ? *options.dtype : safetensors_dtype_of(fsdp::scalar_type_of(slot.dtype));
+      const auto dtype =
+          options.dtype ? *options.dtype : safetensors_dtype_of(fsdp::scalar_type_of(slot.dtype));
       if (!scalar_type_of(dtype)) {
-        throw CheckpointError(std::string("HF export: cannot write dtype ") + std::string(dtype_name(dtype)));
+        throw CheckpointError(std::string("HF export: cannot write dtype ") +
+                              std::string(dtype_name(dtype)));
       }
       tensors.push_back({&piece, stage_index, dtype});
     }
@@ -179,7 +185,8 @@ void export_hf_checkpoint(const fs::path& directory, const ConversionRules& rule
       index.close();
     }
     sync_directory(staging);
-    const auto old = replace_directory(staging, directory, fs::path(directory.string() + ".previous"));
+    const auto old =
+        replace_directory(staging, directory, fs::path(directory.string() + ".previous"));
     sync_directory(directory.parent_path().empty() ? fs::path(".") : directory.parent_path());
     if (!old.empty()) fs::remove_all(old);
   });

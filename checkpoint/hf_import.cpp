@@ -57,8 +57,9 @@ class ShardTarget {
   void write(const void* source, SafetensorsDtype source_dtype, std::int64_t offset,
              std::int64_t count) {
     if (host_) {
-      convert_elements(source, source_dtype, static_cast<char*>(shard_.data_ptr()) + offset * element_bytes_,
-                       type_, count);
+      convert_elements(source, source_dtype,
+                       static_cast<char*>(shard_.data_ptr()) + offset * element_bytes_, type_,
+                       count);
       return;
     }
     auto converted = at::empty({count}, at::TensorOptions().dtype(type_));
@@ -83,12 +84,13 @@ struct CopyTask {
   const ConversionPiece* piece;
   std::size_t stage_index;
   std::size_t parameter_index;
-  ElementRange block;         // block-order interval of the piece to copy
-  std::int64_t shard_begin;   // the rank's first flat index in the stage
+  ElementRange block;        // block-order interval of the piece to copy
+  std::int64_t shard_begin;  // the rank's first flat index in the stage
 };
 
 template <typename Element>
-void transpose_matrix(const char* source, char* destination, std::int64_t rows, std::int64_t columns) {
+void transpose_matrix(const char* source, char* destination, std::int64_t rows,
+                      std::int64_t columns) {
   // source [rows, columns] -> destination [columns, rows]
   const auto* in = reinterpret_cast<const Element*>(source);
   auto* out = reinterpret_cast<Element*>(destination);
@@ -97,13 +99,17 @@ void transpose_matrix(const char* source, char* destination, std::int64_t rows, 
   }
 }
 
-void transpose_bytes(const char* source, char* destination, std::int64_t rows,
-                     std::int64_t columns, std::int64_t element_bytes) {
+void transpose_bytes(const char* source, char* destination, std::int64_t rows, std::int64_t columns,
+                     std::int64_t element_bytes) {
   switch (element_bytes) {
-    case 1: return transpose_matrix<std::uint8_t>(source, destination, rows, columns);
-    case 2: return transpose_matrix<std::uint16_t>(source, destination, rows, columns);
-    case 4: return transpose_matrix<std::uint32_t>(source, destination, rows, columns);
-    default: return transpose_matrix<std::uint64_t>(source, destination, rows, columns);
+    case 1:
+      return transpose_matrix<std::uint8_t>(source, destination, rows, columns);
+    case 2:
+      return transpose_matrix<std::uint16_t>(source, destination, rows, columns);
+    case 4:
+      return transpose_matrix<std::uint32_t>(source, destination, rows, columns);
+    default:
+      return transpose_matrix<std::uint64_t>(source, destination, rows, columns);
   }
 }
 
@@ -249,7 +255,6 @@ class Importer {
   Clock::time_point start_;
   double last_report_ = 0;
 };
-
 
 }  // namespace
 

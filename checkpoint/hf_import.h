@@ -49,6 +49,7 @@ struct LoadReport {
 // mismatch, a failed verification) every rank throws, with that message.
 // After a failure the shards hold NaN where nothing was loaded.
 LoadReport import_hf_checkpoint(const std::filesystem::path& path, const ConversionRules& rules,
-                                const std::vector<Fsdp*>& stages, const ImportOptions& options = {});
+                                const std::vector<Fsdp*>& stages,
+                                const ImportOptions& options = {});
 
 }  // namespace fsdp::checkpoint

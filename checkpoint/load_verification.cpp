@@ -79,7 +79,8 @@ void LoadVerification::verify_local(const std::string& source) const {
 void LoadVerification::verify_global(const std::string& source) const {
   if (stages_.empty()) return;
   std::vector<std::int64_t> all_counts;
-  for (const auto& counts : counts_) all_counts.insert(all_counts.end(), counts.begin(), counts.end());
+  for (const auto& counts : counts_)
+    all_counts.insert(all_counts.end(), counts.begin(), counts.end());
   auto& group = stages_.front()->group();
   auto summed = at::tensor(all_counts, at::kLong);
   if (group.memory_location() == MemoryLocation::kCuda) summed = summed.to(at::kCUDA);

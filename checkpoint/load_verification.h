@@ -20,7 +20,8 @@ class LoadVerification {
   // element that belongs to a parameter, zero on padding. Local.
   explicit LoadVerification(std::vector<Fsdp*> stages);
 
-  // Records that `count` elements of parameter `parameter_index` of stage `stage_index` were written.
+  // Records that `count` elements of parameter `parameter_index` of stage `stage_index` were
+  // written.
   void count(std::size_t stage_index, std::size_t parameter_index, std::int64_t count) {
     counts_[stage_index][parameter_index] += count;
   }

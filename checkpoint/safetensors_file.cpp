@@ -30,7 +30,8 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path)
                           " bytes after the length field): truncated file");
   }
   std::string json_text(header_length, '\0');
-  file_.read_exactly(kHeaderLengthBytes, json_text.data(), static_cast<std::int64_t>(header_length));
+  file_.read_exactly(kHeaderLengthBytes, json_text.data(),
+                     static_cast<std::int64_t>(header_length));
   bytes_read_ = kHeaderLengthBytes + static_cast<std::int64_t>(header_length);
   header_ = parse_header(json_text, static_cast<std::int64_t>(available - header_length), name);
 }
@@ -70,9 +71,9 @@ SafetensorsWriter::SafetensorsWriter(const std::filesystem::path& path,
 
 void SafetensorsWriter::append(const void* data, std::int64_t bytes) {
   if (bytes > data_bytes_ - written_) {
-    throw CheckpointError(file_.path().string() + ": " + std::to_string(bytes) +
-                          " more bytes appended, but only " +
-                          std::to_string(data_bytes_ - written_) + " remain of the declared tensors");
+    throw CheckpointError(
+        file_.path().string() + ": " + std::to_string(bytes) + " more bytes appended, but only " +
+        std::to_string(data_bytes_ - written_) + " remain of the declared tensors");
   }
   file_.append(data, bytes);
   checksummer_.update(data, bytes);
@@ -89,8 +90,8 @@ std::string SafetensorsWriter::next_tensor() const {
 void SafetensorsWriter::finish() {
   if (written_ != data_bytes_) {
     throw CheckpointError(file_.path().string() + ": tensor \"" + next_tensor() +
-                          "\" was not completely written (" + std::to_string(data_bytes_ - written_) +
-                          " data bytes missing)");
+                          "\" was not completely written (" +
+                          std::to_string(data_bytes_ - written_) + " data bytes missing)");
   }
   file_.sync();
   file_.close();

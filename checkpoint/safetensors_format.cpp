@@ -37,7 +37,9 @@ constexpr std::array<DtypeInfo, 15> kDtypes{{
     {SafetensorsDtype::kUInt64, "U64", 8, false},
 }};
 
-const DtypeInfo& info(SafetensorsDtype dtype) { return kDtypes.at(static_cast<std::size_t>(dtype)); }
+const DtypeInfo& info(SafetensorsDtype dtype) {
+  return kDtypes.at(static_cast<std::size_t>(dtype));
+}
 
 [[noreturn]] void fail(const std::string& file, const std::string& message) {
   throw CheckpointError(file + ": " + message);
@@ -101,7 +103,8 @@ TensorEntry parse_entry(const std::string& key, const nlohmann::json& value,
                    " is before begin " + std::to_string(entry.begin));
   }
   std::int64_t expected = dtype_size(entry.dtype);
-  for (const auto dimension : entry.shape) expected = checked_multiply(expected, dimension, file, key);
+  for (const auto dimension : entry.shape)
+    expected = checked_multiply(expected, dimension, file, key);
   if (expected != entry.bytes()) {
     fail(file, "tensor \"" + key + "\": shape " + format_shape(entry.shape) + " of " +
                    std::string(dtype_name(entry.dtype)) + " needs " + std::to_string(expected) +
@@ -161,15 +164,14 @@ SafetensorsHeader parse_header(std::string_view json_text, std::int64_t data_byt
   // callback sees every top-level key first.
   std::set<std::string> seen_keys;
   std::string duplicate;
-  const nlohmann::json::parser_callback_t callback = [&](int depth,
-                                                         nlohmann::json::parse_event_t event,
-                                                         nlohmann::json& parsed) {
-    if (event == nlohmann::json::parse_event_t::key && depth == 1 && duplicate.empty()) {
-      const auto& key = parsed.get_ref<const std::string&>();
-      if (!seen_keys.insert(key).second) duplicate = key;
-    }
-    return true;
-  };
+  const nlohmann::json::parser_callback_t callback =
+      [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+        if (event == nlohmann::json::parse_event_t::key && depth == 1 && duplicate.empty()) {
+          const auto& key = parsed.get_ref<const std::string&>();
+          if (!seen_keys.insert(key).second) duplicate = key;
+        }
+        return true;
+      };
   nlohmann::json root;
   try {
     root = nlohmann::json::parse(json_text.begin(), json_text.end(), callback);
@@ -177,7 +179,8 @@ SafetensorsHeader parse_header(std::string_view json_text, std::int64_t data_byt
     fail(file, std::string("the header is not valid UTF-8 JSON: ") + error.what());
   }
   if (!duplicate.empty()) fail(file, "the header names tensor \"" + duplicate + "\" twice");
-  if (!root.is_object()) fail(file, std::string("the header must be a JSON object, found ") + root.type_name());
+  if (!root.is_object())
+    fail(file, std::string("the header must be a JSON object, found ") + root.type_name());
 
   SafetensorsHeader header;
   header.header_bytes = static_cast<std::int64_t>(json_text.size());
@@ -203,7 +206,8 @@ SafetensorsHeader parse_header(std::string_view json_text, std::int64_t data_byt
   const TensorEntry* previous = nullptr;
   for (const auto& tensor : header.tensors) {
     if (tensor.begin != expected_begin) {
-      const std::string after = previous ? "after tensor \"" + previous->name + "\"" : "at the start";
+      const std::string after =
+          previous ? "after tensor \"" + previous->name + "\"" : "at the start";
       fail(file, std::string(tensor.begin < expected_begin ? "overlapping" : "gap between") +
                      " tensor data " + after + ": tensor \"" + tensor.name + "\" begins at byte " +
                      std::to_string(tensor.begin) + " of the data area, expected " +
@@ -264,7 +268,8 @@ std::string serialize_header(const std::vector<TensorDeclaration>& tensors,
     entries->push_back(std::move(entry));
   }
   std::string json_text = root.dump();
-  json_text.append((kHeaderAlignment - json_text.size() % kHeaderAlignment) % kHeaderAlignment, ' ');
+  json_text.append((kHeaderAlignment - json_text.size() % kHeaderAlignment) % kHeaderAlignment,
+                   ' ');
   std::string header(kHeaderLengthBytes, '\0');
   std::uint64_t length = json_text.size();
   for (int i = 0; i < 8; ++i) header[i] = static_cast<char>((length >> (8 * i)) & 0xff);

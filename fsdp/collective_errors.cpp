@@ -29,18 +29,20 @@ void run_agreeing_on_failure(ProcessGroup& group, const std::function<void()>& w
   }
   if (failed && message.empty()) message = "failed with an exception that has no message";
   // The lowest failing rank speaks: min over (rank if failed else size).
-  auto first_failure = at::full({1}, failed ? group.rank() : group.size(),
-                                options_for(group, at::kLong));
+  auto first_failure =
+      at::full({1}, failed ? group.rank() : group.size(), options_for(group, at::kLong));
   group.all_reduce(span_of(first_failure), ReduceOp::kMin);
   const auto speaker = first_failure.cpu().item<std::int64_t>();
   if (speaker == group.size()) return;
 
   const auto root = static_cast<int>(speaker);
-  auto length = at::full({1}, static_cast<std::int64_t>(message.size()), options_for(group, at::kLong));
+  auto length =
+      at::full({1}, static_cast<std::int64_t>(message.size()), options_for(group, at::kLong));
   group.broadcast(span_of(length), root);
   const auto bytes = length.cpu().item<std::int64_t>();
   auto text = at::zeros({bytes}, at::kByte);
-  if (group.rank() == root) std::copy(message.begin(), message.end(), text.data_ptr<std::uint8_t>());
+  if (group.rank() == root)
+    std::copy(message.begin(), message.end(), text.data_ptr<std::uint8_t>());
   auto on_group = text.to(options_for(group, at::kByte).device());
   group.broadcast(span_of(on_group), root);
   text = on_group.cpu();

@@ -34,7 +34,8 @@ checkpoint::ConversionRules llama_conversion_rules(const LlamaConfig& config) {
     add(ConversionRule::rename(block + "mlp.experts.down_proj",
                                hf + "mlp.experts.{expert}.down_proj.weight")
             .stack_over("expert"));
-    add(ConversionRule::rename(block + "mlp.experts.gate_up_proj", hf + "mlp.experts.gate_up_proj"));
+    add(ConversionRule::rename(block + "mlp.experts.gate_up_proj",
+                               hf + "mlp.experts.gate_up_proj"));
     add(ConversionRule::rename(block + "mlp.experts.down_proj", hf + "mlp.experts.down_proj"));
   }
   rules.rules.push_back(ConversionRule::rename("final_norm.weight", "model.norm.weight"));

@@ -66,14 +66,16 @@ TEST(CheckpointMemory, ImportingSixtyFourExpertsAddsAtMostOneChunk) {
       << "this kernel does not reset the peak RSS; the measurement would be meaningless";
   checkpoint::ImportOptions import_options;
   import_options.chunk_bytes = kChunkBytes;
-  const auto report = checkpoint::import_hf_checkpoint(directory / "hf", rules, model.stages(), import_options);
+  const auto report =
+      checkpoint::import_hf_checkpoint(directory / "hf", rules, model.stages(), import_options);
   const std::int64_t added = status_bytes("VmHWM") - before;
 
   const auto mib = [](std::int64_t bytes) { return static_cast<double>(bytes) / (1 << 20); };
-  std::printf("[rank %d] shards %.1f MiB, checkpoint %.1f MiB (bf16), read by this rank %.1f MiB, "
-              "peak added by the load %.1f MiB (bound %.1f)\n",
-              group->rank(), mib(shard_bytes), mib(report.checkpoint_bytes), mib(report.bytes_read), mib(added),
-              mib(kChunkBytes + kFixedAllowance));
+  std::printf(
+      "[rank %d] shards %.1f MiB, checkpoint %.1f MiB (bf16), read by this rank %.1f MiB, "
+      "peak added by the load %.1f MiB (bound %.1f)\n",
+      group->rank(), mib(shard_bytes), mib(report.checkpoint_bytes), mib(report.bytes_read),
+      mib(added), mib(kChunkBytes + kFixedAllowance));
   EXPECT_LE(added, kChunkBytes + kFixedAllowance);
   // What this rank reads is more than the bound: holding it would fail the test.
   EXPECT_GT(report.bytes_read, kChunkBytes + kFixedAllowance);

@@ -31,8 +31,8 @@ class SharedDirectory {
   SharedDirectory(ProcessGroup& group, const std::string& name) : group_(group) {
     auto pid = at::full({1}, static_cast<std::int64_t>(::getpid()), at::kLong);
     group.broadcast(span_of(pid), 0);
-    path_ = fs::temp_directory_path() /
-            (name + "_" + std::to_string(pid.item<std::int64_t>()) + "_np" + std::to_string(group.size()));
+    path_ = fs::temp_directory_path() / (name + "_" + std::to_string(pid.item<std::int64_t>()) +
+                                         "_np" + std::to_string(group.size()));
     if (group.rank() == 0) {
       fs::remove_all(path_);
       fs::create_directories(path_);
@@ -54,8 +54,8 @@ class SharedDirectory {
   fs::path path_;
 };
 
-inline models::LlamaConfig small_llama(std::int64_t experts = 0, bool tied = false, bool stacked = false,
-                                       std::int64_t layers = 2) {
+inline models::LlamaConfig small_llama(std::int64_t experts = 0, bool tied = false,
+                                       bool stacked = false, std::int64_t layers = 2) {
   models::LlamaConfig config;
   config.vocabulary = 48;
   config.hidden = 16;
@@ -74,15 +74,16 @@ inline std::unique_ptr<stages::MultiStageModel> build_model(const models::LlamaC
                                                             int layers_per_stage = 1) {
   stages::MultiStageOptions options;
   options.layers_per_stage = layers_per_stage;
-  return std::make_unique<stages::MultiStageModel>(models::build_llama_layers(config), std::move(group),
-                                                   options);
+  return std::make_unique<stages::MultiStageModel>(models::build_llama_layers(config),
+                                                   std::move(group), options);
 }
 
 // Every parameter's true value (inspector), by name. Collective.
 inline std::map<std::string, at::Tensor> all_parameters(stages::MultiStageModel& model) {
   std::map<std::string, at::Tensor> values;
   for (auto* stage : model.stages()) {
-    for (const auto& slot : stage->layout().parameters()) values[slot.name] = read_parameter(*stage, slot.name);
+    for (const auto& slot : stage->layout().parameters())
+      values[slot.name] = read_parameter(*stage, slot.name);
   }
   return values;
 }
@@ -93,9 +94,11 @@ inline std::map<std::string, at::Tensor> read_hf_tensors(const fs::path& path) {
   std::map<std::string, at::Tensor> tensors;
   for (const auto& key : hf.keys()) {
     const auto* located = hf.find(key);
-    auto tensor = at::empty(located->entry->shape,
-                            at::TensorOptions().dtype(*checkpoint::scalar_type_of(located->entry->dtype)));
-    located->file->read_tensor_bytes(*located->entry, 0, tensor.data_ptr(), located->entry->bytes());
+    auto tensor =
+        at::empty(located->entry->shape,
+                  at::TensorOptions().dtype(*checkpoint::scalar_type_of(located->entry->dtype)));
+    located->file->read_tensor_bytes(*located->entry, 0, tensor.data_ptr(),
+                                     located->entry->bytes());
     tensors[key] = tensor;
   }
   return tensors;
@@ -105,7 +108,8 @@ inline std::map<std::string, at::Tensor> read_hf_tensors(const fs::path& path) {
 inline void write_hf_file(const fs::path& path, const std::map<std::string, at::Tensor>& tensors) {
   std::vector<checkpoint::TensorDeclaration> declarations;
   for (const auto& [name, tensor] : tensors) {
-    declarations.push_back({name, checkpoint::safetensors_dtype_of(tensor.scalar_type()), tensor.sizes().vec()});
+    declarations.push_back(
+        {name, checkpoint::safetensors_dtype_of(tensor.scalar_type()), tensor.sizes().vec()});
   }
   checkpoint::SafetensorsWriter writer(path, declarations);
   for (const auto& entry : writer.tensors_in_file_order()) {
@@ -129,7 +133,8 @@ void expect_error_on_every_rank(Body&& body, const std::vector<std::string>& par
   } catch (const std::exception& error) {
     const std::string message = error.what();
     for (const auto& part : parts) {
-      EXPECT_NE(message.find(part), std::string::npos) << "expected \"" << part << "\" in: " << message;
+      EXPECT_NE(message.find(part), std::string::npos)
+          << "expected \"" << part << "\" in: " << message;
     }
   }
 }

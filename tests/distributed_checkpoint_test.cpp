@@ -25,8 +25,8 @@ struct Trained {
   std::unique_ptr<stages::MultiStageModel> model;
   std::unique_ptr<ShardedAdamW> optimizer;
 
-  Trained(const models::LlamaConfig& config, std::shared_ptr<ProcessGroup> group, int layers_per_stage = 1,
-          int steps = 2) {
+  Trained(const models::LlamaConfig& config, std::shared_ptr<ProcessGroup> group,
+          int layers_per_stage = 1, int steps = 2) {
     model = build_model(config, std::move(group), layers_per_stage);
     model->initialize_weights(21);
     optimizer = std::make_unique<ShardedAdamW>(model->stages(), stages::ShardedAdamWOptions{});
@@ -34,9 +34,12 @@ struct Trained {
       // Gradients that depend only on the flat index, so any world size has the same ones.
       for (auto* stage : model->stages()) {
         const auto range = stage->layout().shard_range(stage->group().rank());
-        stage->gradient_shard().copy_(at::sin(at::arange(range.begin, range.end, at::kFloat) * 0.37 + step));
-        stage->gradient_shard().narrow(0, stage->layout().padding_in_shard(stage->group().rank()).begin,
-                                       stage->layout().padding_in_shard(stage->group().rank()).size()).zero_();
+        stage->gradient_shard().copy_(
+            at::sin(at::arange(range.begin, range.end, at::kFloat) * 0.37 + step));
+        stage->gradient_shard()
+            .narrow(0, stage->layout().padding_in_shard(stage->group().rank()).begin,
+                    stage->layout().padding_in_shard(stage->group().rank()).size())
+            .zero_();
       }
       optimizer->step(1e-2);
     }
@@ -50,10 +53,11 @@ std::vector<at::Tensor> flat_state(Trained& trained) {
   for (std::size_t s = 0; s < stages.size(); ++s) {
     auto* stage = stages[s];
     const auto& layout = stage->layout();
-    for (const auto& shard : {stage->weight_shard(), stage->gradient_shard(), trained.optimizer->exp_avg(s),
-                              trained.optimizer->exp_avg_sq(s)}) {
+    for (const auto& shard : {stage->weight_shard(), stage->gradient_shard(),
+                              trained.optimizer->exp_avg(s), trained.optimizer->exp_avg_sq(s)}) {
       auto whole = at::zeros({layout.padded_numel()}, at::kFloat);
-      whole.narrow(0, layout.shard_range(stage->group().rank()).begin, layout.shard_numel()).copy_(shard);
+      whole.narrow(0, layout.shard_range(stage->group().rank()).begin, layout.shard_numel())
+          .copy_(shard);
       stage->group().all_gather_in_place(span_of(whole));
       state.push_back(whole.narrow(0, 0, layout.unpadded_numel()).clone());
     }
@@ -87,7 +91,8 @@ TEST(DistributedCheckpoint, SavedAtOneWorldSizeLoadsBitwiseAtEveryOther) {
   SharedDirectory directory(*group, "dcp_reshard");
   const auto config = small_llama(4, true);
   Trained saved(config, group);
-  checkpoint::save_checkpoint(directory / "at_full", saved.model->stages(), saved.optimizer.get(), save_options(2));
+  checkpoint::save_checkpoint(directory / "at_full", saved.model->stages(), saved.optimizer.get(),
+                              save_options(2));
   const auto expected = flat_state(saved);
   // One more step on the original, for comparing with a step taken after loading.
   saved.optimizer->step(1e-2);
@@ -109,26 +114,29 @@ TEST(DistributedCheckpoint, SavedAtOneWorldSizeLoadsBitwiseAtEveryOther) {
     const auto state = flat_state(loaded);
     ASSERT_EQ(state.size(), expected.size());
     for (std::size_t i = 0; i < state.size(); ++i) {
-      EXPECT_TRUE(at::equal(state[i], expected[i])) << "array " << i << " loaded at world size " << ranks;
+      EXPECT_TRUE(at::equal(state[i], expected[i]))
+          << "array " << i << " loaded at world size " << ranks;
     }
     loaded.optimizer->step(1e-2);
     const auto stepped = flat_state(loaded);
     for (std::size_t i = 0; i < stepped.size(); ++i) {
       // The same step from the same state; the global norm's reduction order may differ.
-      EXPECT_TRUE(at::allclose(stepped[i], after_step[i], 1e-6, 1e-7)) << "array " << i << " at " << ranks;
+      EXPECT_TRUE(at::allclose(stepped[i], after_step[i], 1e-6, 1e-7))
+          << "array " << i << " at " << ranks;
     }
   }
   group->barrier();
   if (group->size() >= 3) {  // saved at 3, loaded at 2
     if (auto three = first_ranks(3)) {
       Trained at_three(config, three);
-      checkpoint::save_checkpoint(directory / "at_three", at_three.model->stages(), at_three.optimizer.get(),
-                                  save_options(2));
+      checkpoint::save_checkpoint(directory / "at_three", at_three.model->stages(),
+                                  at_three.optimizer.get(), save_options(2));
     }
     group->barrier();
     if (auto two = first_ranks(2)) {
       Trained loaded(config, two, 1, 0);
-      checkpoint::load_checkpoint(directory / "at_three", loaded.model->stages(), loaded.optimizer.get());
+      checkpoint::load_checkpoint(directory / "at_three", loaded.model->stages(),
+                                  loaded.optimizer.get());
       const auto state = flat_state(loaded);
       for (std::size_t i = 0; i < state.size(); ++i) {
         if (i % 4 == 1) continue;  // gradients were not loaded
@@ -157,9 +165,11 @@ TEST(DistributedCheckpoint, SavingAgainReplacesAtomicallyAndAnInterruptedSaveLos
   EXPECT_EQ(loaded.optimizer->steps_taken(), 1);
 
   Trained second(config, group, 1, 3);
-  checkpoint::save_checkpoint(path, second.model->stages(), second.optimizer.get(), save_options(3));
+  checkpoint::save_checkpoint(path, second.model->stages(), second.optimizer.get(),
+                              save_options(3));
   EXPECT_FALSE(fs::exists(directory / "checkpoint.partial"));
-  const auto index = checkpoint::load_checkpoint(path, loaded.model->stages(), loaded.optimizer.get());
+  const auto index =
+      checkpoint::load_checkpoint(path, loaded.model->stages(), loaded.optimizer.get());
   EXPECT_EQ(index.step, 3);
   EXPECT_EQ(loaded.optimizer->steps_taken(), 3);
   const auto expected = flat_state(second);
@@ -179,13 +189,15 @@ struct SavedCheckpoint {
 
   SavedCheckpoint() {
     Trained trained(config, group, 1, 1);
-    checkpoint::save_checkpoint(path, trained.model->stages(), trained.optimizer.get(), save_options(1));
+    checkpoint::save_checkpoint(path, trained.model->stages(), trained.optimizer.get(),
+                                save_options(1));
   }
   void expect_load_error(const models::LlamaConfig& target, const std::vector<std::string>& parts,
                          int layers_per_stage = 1) {
     Trained loaded(target, group, layers_per_stage, 0);
     expect_error_on_every_rank(
-        [&] { checkpoint::load_checkpoint(path, loaded.model->stages(), loaded.optimizer.get()); }, parts);
+        [&] { checkpoint::load_checkpoint(path, loaded.model->stages(), loaded.optimizer.get()); },
+        parts);
   }
   // Rank 0 changes the file, the others wait.
   template <typename Edit>
@@ -213,7 +225,8 @@ TEST(DistributedCheckpointErrors, ChecksumMismatchNamesTheFileAndTheBlock) {
 
 TEST(DistributedCheckpointErrors, TruncatedRankFile) {
   SavedCheckpoint saved;
-  const auto file = saved.path / checkpoint::rank_file_name(saved.group->size() - 1, saved.group->size());
+  const auto file =
+      saved.path / checkpoint::rank_file_name(saved.group->size() - 1, saved.group->size());
   saved.edit([&] { fs::resize_file(file, fs::file_size(file) - 100); });
   saved.expect_load_error(saved.config, {file.filename().string()});
 }
@@ -236,7 +249,9 @@ TEST(DistributedCheckpointErrors, ADifferentModelIsALayoutMismatch) {
 
 TEST(DistributedCheckpointErrors, CorruptOrMissingIndex) {
   SavedCheckpoint saved;
-  saved.edit([&] { std::ofstream(saved.path / "index.json") << "{\"format\": \"fsdp-runtime-checkpoint\", "; });
+  saved.edit([&] {
+    std::ofstream(saved.path / "index.json") << "{\"format\": \"fsdp-runtime-checkpoint\", ";
+  });
   saved.expect_load_error(saved.config, {"index.json", "not valid JSON"});
   saved.edit([&] { fs::remove(saved.path / "index.json"); });
   saved.expect_load_error(saved.config, {"index.json", "cannot open"});
@@ -261,10 +276,12 @@ TEST(DistributedCheckpointErrors, NeverReplacesADirectoryThatIsNotACheckpoint) {
       {"precious", "is not a checkpoint", "refusing to replace"});
   EXPECT_EQ(file_bytes(directory / "precious" / "data.bin"), "keep");
   // And a checkpoint without optimizer state cannot restore an optimizer.
-  checkpoint::save_checkpoint(directory / "weights_only", trained.model->stages(), nullptr, checkpoint::SaveOptions{});
+  checkpoint::save_checkpoint(directory / "weights_only", trained.model->stages(), nullptr,
+                              checkpoint::SaveOptions{});
   expect_error_on_every_rank(
       [&] {
-        checkpoint::load_checkpoint(directory / "weights_only", trained.model->stages(), trained.optimizer.get());
+        checkpoint::load_checkpoint(directory / "weights_only", trained.model->stages(),
+                                    trained.optimizer.get());
       },
       {"weights_only", "no optimizer state"});
 }

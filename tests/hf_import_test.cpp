@@ -32,12 +32,14 @@ TEST_P(HfImportTest, ExportImportExportIsBitwise) {
   const auto rules = models::llama_conversion_rules(config);
   auto original = build_model(config, group);
   original->initialize_weights(11);
-  checkpoint::export_hf_checkpoint(directory / "first", rules, original->stages(), sharded_export());
+  checkpoint::export_hf_checkpoint(directory / "first", rules, original->stages(),
+                                   sharded_export());
   ASSERT_TRUE(fs::exists(directory / "first" / "model.safetensors.index.json"));
 
   auto loaded = build_model(config, group, 2);  // another stage split: the layout does not matter
   loaded->initialize_weights(99);
-  const auto report = checkpoint::import_hf_checkpoint(directory / "first", rules, loaded->stages());
+  const auto report =
+      checkpoint::import_hf_checkpoint(directory / "first", rules, loaded->stages());
   const auto expected = all_parameters(*original);
   const auto actual = all_parameters(*loaded);
   ASSERT_EQ(expected.size(), actual.size());
@@ -63,7 +65,8 @@ INSTANTIATE_TEST_SUITE_P(Llama, HfImportTest,
                                            small_llama(0, false, true), small_llama(4, true, true)),
                          [](const auto& info) {
                            const auto& c = info.param;
-                           return std::string(c.experts ? "moe" : "dense") + (c.tie_embeddings ? "_tied" : "") +
+                           return std::string(c.experts ? "moe" : "dense") +
+                                  (c.tie_embeddings ? "_tied" : "") +
                                   (c.stacked_layers ? "_stacked" : "");
                          });
 
@@ -76,7 +79,8 @@ struct MoeFixture {
 
   explicit MoeFixture(const fs::path& directory) {
     model->initialize_weights(5);
-    checkpoint::export_hf_checkpoint(directory, models::llama_conversion_rules(config), model->stages());
+    checkpoint::export_hf_checkpoint(directory, models::llama_conversion_rules(config),
+                                     model->stages());
     files = read_hf_tensors(directory);
   }
   at::Tensor file(int layer, const std::string& suffix) const {
@@ -92,18 +96,19 @@ TEST(HfImport, FusedExpertsEqualAManualConcatenationAndLoadFusedFromDiskToo) {
   SharedDirectory directory(*group, "hf_fused");
   MoeFixture fixture(directory / "per_expert");
   auto loaded = build_model(fixture.config, group);
-  checkpoint::import_hf_checkpoint(directory / "per_expert", models::llama_conversion_rules(fixture.config),
-                                   loaded->stages());
+  checkpoint::import_hf_checkpoint(
+      directory / "per_expert", models::llama_conversion_rules(fixture.config), loaded->stages());
   const auto values = all_parameters(*loaded);
   std::map<std::string, at::Tensor> fused_files = fixture.files;
   for (int layer = 0; layer < 2; ++layer) {
     std::vector<at::Tensor> gate_up, down;
     for (int e = 0; e < 4; ++e) {
-      gate_up.push_back(at::cat({fixture.expert(layer, e, "gate_proj"), fixture.expert(layer, e, "up_proj")}, 0));
+      gate_up.push_back(
+          at::cat({fixture.expert(layer, e, "gate_proj"), fixture.expert(layer, e, "up_proj")}, 0));
       down.push_back(fixture.expert(layer, e, "down_proj"));
       for (const char* what : {"gate_proj", "up_proj", "down_proj"}) {
-        fused_files.erase("model.layers." + std::to_string(layer) + ".mlp.experts." + std::to_string(e) + "." +
-                          what + ".weight");
+        fused_files.erase("model.layers." + std::to_string(layer) + ".mlp.experts." +
+                          std::to_string(e) + "." + what + ".weight");
       }
     }
     const auto prefix = "decoder." + std::to_string(layer) + ".mlp.experts.";
@@ -119,9 +124,10 @@ TEST(HfImport, FusedExpertsEqualAManualConcatenationAndLoadFusedFromDiskToo) {
   }
   group->barrier();
   auto from_fused = build_model(fixture.config, group);
-  checkpoint::import_hf_checkpoint(directory / "fused", models::llama_conversion_rules(fixture.config),
-                                   from_fused->stages());
-  for (const auto& [name, value] : all_parameters(*from_fused)) EXPECT_TRUE(at::equal(value, values.at(name))) << name;
+  checkpoint::import_hf_checkpoint(
+      directory / "fused", models::llama_conversion_rules(fixture.config), from_fused->stages());
+  for (const auto& [name, value] : all_parameters(*from_fused))
+    EXPECT_TRUE(at::equal(value, values.at(name))) << name;
 }
 
 TEST(HfImport, StackedLayersEqualThePerLayerTensors) {
@@ -131,8 +137,8 @@ TEST(HfImport, StackedLayersEqualThePerLayerTensors) {
   auto stacked_config = fixture.config;
   stacked_config.stacked_layers = true;
   auto stacked = build_model(stacked_config, group);
-  checkpoint::import_hf_checkpoint(directory / "per_layer", models::llama_conversion_rules(stacked_config),
-                                   stacked->stages());
+  checkpoint::import_hf_checkpoint(
+      directory / "per_layer", models::llama_conversion_rules(stacked_config), stacked->stages());
   const auto values = all_parameters(*stacked);
   const auto qkv = values.at("decoder.attention.qkv.weight");
   const auto gate_up = values.at("decoder.mlp.experts.gate_up_proj");
@@ -162,16 +168,19 @@ TEST(HfImport, TransposedReshapedInnerConcatenatedAndLowPrecisionSourcesLoad) {
     return (at::arange(numel, at::kFloat) + offset).reshape(shape);
   };
   std::map<std::string, at::Tensor> files = {
-      {"w", integers({6, 4}, 0)},                                 // stored [in, out]
-      {"v.0", integers({5, 3}, 100)}, {"v.1", integers({5, 3}, 200)},
-      {"r", integers({3, 4}, 300)},                               // reshaped to [12]
-      {"left", integers({4, 2}, 400)}, {"right", integers({4, 3}, 500)},  // concat along dim 1
-      {"half", integers({8}, -4).to(at::kHalf)}, {"brain", integers({8}, 8).to(at::kBFloat16)},
+      {"w", integers({6, 4}, 0)},  // stored [in, out]
+      {"v.0", integers({5, 3}, 100)},
+      {"v.1", integers({5, 3}, 200)},
+      {"r", integers({3, 4}, 300)},  // reshaped to [12]
+      {"left", integers({4, 2}, 400)},
+      {"right", integers({4, 3}, 500)},  // concat along dim 1
+      {"half", integers({8}, -4).to(at::kHalf)},
+      {"brain", integers({8}, 8).to(at::kBFloat16)},
   };
   if (group->rank() == 0) write_hf_file(directory / "custom.safetensors", files);
   group->barrier();
-  std::vector<ParameterSpec> specs = {{"W", {4, 6}}, {"V", {2, 3, 5}}, {"R", {12}},
-                                      {"LR", {4, 5}}, {"H", {8}}, {"B", {8}}};
+  std::vector<ParameterSpec> specs = {{"W", {4, 6}},  {"V", {2, 3, 5}}, {"R", {12}},
+                                      {"LR", {4, 5}}, {"H", {8}},       {"B", {8}}};
   ConversionRules rules;
   rules.rules = {ConversionRule::rename("W", "w").transposed(),
                  ConversionRule::rename("V", "v.{i}").stack_over("i").transposed(),
@@ -189,10 +198,12 @@ TEST(HfImport, TransposedReshapedInnerConcatenatedAndLowPrecisionSourcesLoad) {
     ++progress_calls;
     EXPECT_LE(progress.bytes_done, progress.bytes_total);
   };
-  checkpoint::import_hf_checkpoint(directory / "custom.safetensors", rules, {&stage}, import_options);
+  checkpoint::import_hf_checkpoint(directory / "custom.safetensors", rules, {&stage},
+                                   import_options);
   EXPECT_GE(progress_calls, 1);
   EXPECT_TRUE(at::equal(read_parameter(stage, "W"), files["w"].t()));
-  EXPECT_TRUE(at::equal(read_parameter(stage, "V"), at::stack({files["v.0"].t(), files["v.1"].t()})));
+  EXPECT_TRUE(
+      at::equal(read_parameter(stage, "V"), at::stack({files["v.0"].t(), files["v.1"].t()})));
   EXPECT_TRUE(at::equal(read_parameter(stage, "R"), files["r"].reshape({12})));
   EXPECT_TRUE(at::equal(read_parameter(stage, "LR"), at::cat({files["left"], files["right"]}, 1)));
   EXPECT_TRUE(at::equal(read_parameter(stage, "H"), files["half"].to(at::kFloat)));
@@ -206,10 +217,12 @@ TEST(HfImport, TransposedReshapedInnerConcatenatedAndLowPrecisionSourcesLoad) {
   std::vector<ParameterSpec> exportable(specs.begin(), specs.end());
   exportable.erase(exportable.begin() + 3);
   Fsdp export_stage("custom", exportable, group, options);
-  for (const auto& spec : exportable) export_stage.load_parameter(spec.name, read_parameter(stage, spec.name));
+  for (const auto& spec : exportable)
+    export_stage.load_parameter(spec.name, read_parameter(stage, spec.name));
   checkpoint::export_hf_checkpoint(directory / "exported", rules, {&export_stage}, export_options);
   const auto written = read_hf_tensors(directory / "exported");
-  for (const char* key : {"w", "v.0", "v.1", "r"}) EXPECT_TRUE(at::equal(written.at(key), files[key])) << key;
+  for (const char* key : {"w", "v.0", "v.1", "r"})
+    EXPECT_TRUE(at::equal(written.at(key), files[key])) << key;
   EXPECT_TRUE(at::equal(written.at("half"), files["half"].to(at::kFloat)));
 }
 
@@ -225,8 +238,8 @@ struct BrokenCheckpoint {
   fs::path make(const models::LlamaConfig& source_config, Edit edit) {
     auto model = build_model(source_config, group);
     model->initialize_weights(3);
-    checkpoint::export_hf_checkpoint(directory / "export", models::llama_conversion_rules(source_config),
-                                     model->stages());
+    checkpoint::export_hf_checkpoint(
+        directory / "export", models::llama_conversion_rules(source_config), model->stages());
     if (group->rank() == 0) {
       auto tensors = read_hf_tensors(directory / "export");
       edit(tensors);
@@ -240,7 +253,10 @@ struct BrokenCheckpoint {
                            const std::vector<std::string>& parts) {
     auto model = build_model(target, group);
     expect_error_on_every_rank(
-        [&] { checkpoint::import_hf_checkpoint(path, models::llama_conversion_rules(target), model->stages()); },
+        [&] {
+          checkpoint::import_hf_checkpoint(path, models::llama_conversion_rules(target),
+                                           model->stages());
+        },
         parts);
   }
 };
@@ -250,9 +266,10 @@ TEST(HfImportErrors, MissingExpertNamesTheKeyAndTheFile) {
   const auto path = broken.make(broken.config, [](auto& tensors) {
     tensors.erase("model.layers.1.mlp.experts.2.up_proj.weight");
   });
-  broken.expect_import_error(path, broken.config,
-                             {"missing tensor \"model.layers.1.mlp.experts.2.up_proj.weight\"",
-                              "model.safetensors", "decoder.1.mlp.experts.gate_up_proj", "expert 2"});
+  broken.expect_import_error(
+      path, broken.config,
+      {"missing tensor \"model.layers.1.mlp.experts.2.up_proj.weight\"", "model.safetensors",
+       "decoder.1.mlp.experts.gate_up_proj", "expert 2"});
 }
 
 TEST(HfImportErrors, ExtraTensorIsRefusedUnlessIgnored) {
@@ -260,8 +277,8 @@ TEST(HfImportErrors, ExtraTensorIsRefusedUnlessIgnored) {
   const auto path = broken.make(broken.config, [](auto& tensors) {
     tensors["model.layers.0.mlp.shared_expert.weight"] = at::zeros({2});
   });
-  broken.expect_import_error(path, broken.config,
-                             {"no conversion rule uses", "model.layers.0.mlp.shared_expert.weight"});
+  broken.expect_import_error(
+      path, broken.config, {"no conversion rule uses", "model.layers.0.mlp.shared_expert.weight"});
   auto model = build_model(broken.config, broken.group);
   auto rules = models::llama_conversion_rules(broken.config);
   rules.ignored.push_back(".*shared_expert.*");
@@ -296,7 +313,8 @@ TEST(HfImportErrors, IntegerTensorForAFloatParameter) {
   const auto path = broken.make(broken.config, [](auto& tensors) {
     tensors["model.norm.weight"] = at::ones({16}, at::kInt);
   });
-  broken.expect_import_error(path, broken.config, {"model.norm.weight\" has dtype I32", "final_norm.weight"});
+  broken.expect_import_error(path, broken.config,
+                             {"model.norm.weight\" has dtype I32", "final_norm.weight"});
 }
 
 TEST(HfImportErrors, NanInTheCheckpointIsReported) {
@@ -311,7 +329,8 @@ TEST(HfImportErrors, IndexPointingAtAMissingFile) {
   BrokenCheckpoint broken;
   auto model = build_model(broken.config, broken.group);
   const auto rules = models::llama_conversion_rules(broken.config);
-  checkpoint::export_hf_checkpoint(broken.directory / "sharded", rules, model->stages(), sharded_export());
+  checkpoint::export_hf_checkpoint(broken.directory / "sharded", rules, model->stages(),
+                                   sharded_export());
   std::vector<std::string> files;
   for (const auto& entry : fs::directory_iterator(broken.directory / "sharded")) {
     files.push_back(entry.path().filename().string());
@@ -329,11 +348,14 @@ TEST(HfImportErrors, CorruptFileInADirectory) {
   BrokenCheckpoint broken;
   if (broken.group->rank() == 0) {
     fs::create_directories(broken.directory / "corrupt");
-    std::ofstream(broken.directory / "corrupt" / "model.safetensors") << "not a safetensors file at all";
+    std::ofstream(broken.directory / "corrupt" / "model.safetensors")
+        << "not a safetensors file at all";
   }
   broken.group->barrier();
-  broken.expect_import_error(broken.directory / "corrupt", broken.config, {"model.safetensors", "header length"});
-  broken.expect_import_error(broken.directory / "nowhere", broken.config, {"nowhere", "no such file"});
+  broken.expect_import_error(broken.directory / "corrupt", broken.config,
+                             {"model.safetensors", "header length"});
+  broken.expect_import_error(broken.directory / "nowhere", broken.config,
+                             {"nowhere", "no such file"});
 }
 
 TEST(HfExportErrors, NeverReplacesADirectoryThatIsNotACheckpoint) {
@@ -347,7 +369,8 @@ TEST(HfExportErrors, NeverReplacesADirectoryThatIsNotACheckpoint) {
   auto model = build_model(broken.config, broken.group);
   expect_error_on_every_rank(
       [&] {
-        checkpoint::export_hf_checkpoint(precious, models::llama_conversion_rules(broken.config), model->stages());
+        checkpoint::export_hf_checkpoint(precious, models::llama_conversion_rules(broken.config),
+                                         model->stages());
       },
       {"precious", "refusing to replace"});
   EXPECT_EQ(file_bytes(precious / "notes.txt"), "keep me");

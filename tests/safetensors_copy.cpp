@@ -18,7 +18,8 @@ int main(int argc, char** argv) {
   try {
     SafetensorsFile input(argv[1]);
     std::vector<TensorDeclaration> declarations;
-    for (const auto& entry : input.tensors()) declarations.push_back({entry.name, entry.dtype, entry.shape});
+    for (const auto& entry : input.tensors())
+      declarations.push_back({entry.name, entry.dtype, entry.shape});
     SafetensorsWriter writer(argv[2], declarations, input.metadata());
     for (const auto& entry : writer.tensors_in_file_order()) {
       const auto& source = input.tensor(entry.name);

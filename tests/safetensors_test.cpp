@@ -101,8 +101,8 @@ TEST_F(SafetensorsTest, WriterRefusesIncompleteDataAndDuplicateNames) {
   float values[2] = {1, 2};
   writer.append(values, 8);
   EXPECT_THROW(writer.finish(), CheckpointError);
-  EXPECT_THROW(SafetensorsWriter(path("dup.safetensors"),
-                                 {{"x", SafetensorsDtype::kFloat32, {1}}, {"x", SafetensorsDtype::kFloat32, {1}}}),
+  EXPECT_THROW(SafetensorsWriter(path("dup.safetensors"), {{"x", SafetensorsDtype::kFloat32, {1}},
+                                                           {"x", SafetensorsDtype::kFloat32, {1}}}),
                CheckpointError);
 }
 
@@ -135,13 +135,15 @@ TEST_F(SafetensorsTest, RejectsNonObjectHeader) {
 }
 
 TEST_F(SafetensorsTest, RejectsUnknownDtype) {
-  expect_rejected(craft("dtype.safetensors", R"({"t":{"dtype":"F128","shape":[1],"data_offsets":[0,16]}})", 16),
-                  "unknown dtype \"F128\"");
+  expect_rejected(
+      craft("dtype.safetensors", R"({"t":{"dtype":"F128","shape":[1],"data_offsets":[0,16]}})", 16),
+      "unknown dtype \"F128\"");
 }
 
 TEST_F(SafetensorsTest, RejectsShapeThatDoesNotMatchTheByteCount) {
-  expect_rejected(craft("size.safetensors", R"({"t":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8),
-                  "tensor \"t\": shape [3] of F32 needs 12 bytes");
+  expect_rejected(
+      craft("size.safetensors", R"({"t":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8),
+      "tensor \"t\": shape [3] of F32 needs 12 bytes");
 }
 
 TEST_F(SafetensorsTest, RejectsShapeWhoseSizeOverflows) {
@@ -152,9 +154,11 @@ TEST_F(SafetensorsTest, RejectsShapeWhoseSizeOverflows) {
 }
 
 TEST_F(SafetensorsTest, RejectsNegativeOrFractionalDimensions) {
-  expect_rejected(craft("negative.safetensors", R"({"t":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", 8),
+  expect_rejected(craft("negative.safetensors",
+                        R"({"t":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", 8),
                   "non-negative integers");
-  expect_rejected(craft("fraction.safetensors", R"({"t":{"dtype":"F32","shape":[2.5],"data_offsets":[0,8]}})", 8),
+  expect_rejected(craft("fraction.safetensors",
+                        R"({"t":{"dtype":"F32","shape":[2.5],"data_offsets":[0,8]}})", 8),
                   "non-negative integers");
 }
 
@@ -179,7 +183,8 @@ TEST_F(SafetensorsTest, RejectsTrailingBytes) {
 }
 
 TEST_F(SafetensorsTest, RejectsTruncatedData) {
-  expect_rejected(craft("truncated.safetensors", kGood, 5), "truncated: tensor \"t\" ends at byte 8");
+  expect_rejected(craft("truncated.safetensors", kGood, 5),
+                  "truncated: tensor \"t\" ends at byte 8");
 }
 
 TEST_F(SafetensorsTest, RejectsDuplicateTensorNames) {
@@ -191,8 +196,9 @@ TEST_F(SafetensorsTest, RejectsDuplicateTensorNames) {
 }
 
 TEST_F(SafetensorsTest, RejectsOffsetsEndingBeforeTheyBegin) {
-  expect_rejected(craft("reversed.safetensors", R"({"t":{"dtype":"U8","shape":[0],"data_offsets":[4,0]}})", 4),
-                  "is before begin");
+  expect_rejected(
+      craft("reversed.safetensors", R"({"t":{"dtype":"U8","shape":[0],"data_offsets":[4,0]}})", 4),
+      "is before begin");
 }
 
 TEST_F(SafetensorsTest, RejectsNonStringMetadata) {
@@ -231,7 +237,8 @@ TEST(ElementConversion, Float8DecodesExactlyAndHalfTypesRoundLikeTorch) {
 
   const auto source = at::randn({1000}, at::kFloat);
   auto ours = at::empty({1000}, at::kBFloat16);
-  convert_elements(source.data_ptr(), SafetensorsDtype::kFloat32, ours.data_ptr(), c10::ScalarType::BFloat16, 1000);
+  convert_elements(source.data_ptr(), SafetensorsDtype::kFloat32, ours.data_ptr(),
+                   c10::ScalarType::BFloat16, 1000);
   EXPECT_TRUE(at::equal(ours, source.to(at::kBFloat16)));
   EXPECT_FALSE(is_supported_conversion(SafetensorsDtype::kInt32, c10::ScalarType::Float));
   EXPECT_THROW(convert_elements(source.data_ptr(), SafetensorsDtype::kInt32, ours.data_ptr(),
