@@ -16,9 +16,13 @@ namespace {
 // boolean mask widens it to int64, 8 bytes per element).
 std::int64_t count_nan(const at::Tensor& values) {
   if (values.device().is_cpu() && values.scalar_type() == at::kFloat && values.is_contiguous()) {
-    const float* data = values.data_ptr<float>();
+    // On the bits, which the compiler vectorises (std::isnan it does not):
+    // NaN is an all-ones exponent with a non-zero mantissa.
+    const auto* bits = static_cast<const std::uint32_t*>(values.data_ptr());
     std::int64_t total = 0;
-    for (std::int64_t i = 0; i < values.numel(); ++i) total += std::isnan(data[i]) ? 1 : 0;
+    for (std::int64_t i = 0; i < values.numel(); ++i) {
+      total += (bits[i] & 0x7fffffffu) > 0x7f800000u;
+    }
     return total;
   }
   constexpr std::int64_t kChunk = std::int64_t{1} << 16;

@@ -62,3 +62,9 @@ fsdp_add_program_test(bench_json_smoke EXIT 0
                       COMMAND ${FSDP_MPIRUN} -np 2 $<TARGET_FILE:fsdp-bench> --sizes-mib 0.25,1 --iterations 2 --warmup 1 --json
                       OUTPUT "\"case\":\"restore\".*\"ratio\":.*\"case\":\"reduce\""
                       ONCE "\"bytes\":262144,\"case\":\"reduce\",\"dtype\":\"float32\".*\"ranks\":2")
+# The load case on a tiny generated checkpoint (a few MB), under its own
+# directory in the build tree: the same contract, plus its own figures.
+fsdp_add_program_test(bench_load_json_smoke EXIT 0 TIMEOUT 60
+                      COMMAND ${FSDP_MPIRUN} -np 2 $<TARGET_FILE:fsdp-bench> --case load --load-hidden 64 --load-experts 4 --load-layers 2 --iterations 2 --load-dir ${CMAKE_CURRENT_BINARY_DIR} --json
+                      OUTPUT "\"bytes_read_ratio\":.*\"rss_ratio\":"
+                      ONCE "\"bytes\":[0-9]+,.*\"case\":\"load\".*\"ranks\":2,\"ratio\":")
