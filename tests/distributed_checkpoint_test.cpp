@@ -175,7 +175,8 @@ TEST(DistributedCheckpoint, SavingAgainReplacesAtomicallyAndAnInterruptedSaveLos
   const auto expected = flat_state(second);
   const auto state = flat_state(loaded);
   for (std::size_t i = 0; i < state.size(); ++i) {
-    if (i % 4 != 1) EXPECT_TRUE(at::equal(state[i], expected[i])) << i;
+    if (i % 4 == 1) continue;  // gradients were not loaded
+    EXPECT_TRUE(at::equal(state[i], expected[i])) << i;
   }
 }
 

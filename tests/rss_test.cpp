@@ -91,7 +91,9 @@ TEST(ResidentMemory, ZeroThreeWithTwoSharedBuffersStaysWithinTheReportedBytes) {
   }
   EXPECT_EQ(memory.weight_buffers, 2 * 2 * kWide * kHidden * 4);
   EXPECT_LE(peak, memory.total() + kTransient);
-  if (group->size() >= 2) EXPECT_LT(peak, full_weights_and_gradients);
+  if (group->size() >= 2) {
+    EXPECT_LT(peak, full_weights_and_gradients);
+  }
 }
 
 }  // namespace
