@@ -294,8 +294,7 @@ LoadReport import_hf_checkpoint(const std::filesystem::path& path, const Convers
   LoadReport report;
   report.bytes_read = checkpoint->bytes_read();
   report.checkpoint_bytes = checkpoint->tensor_bytes();
-  auto total = at::full({1}, report.bytes_read, at::kLong);
-  if (group.memory_location() == MemoryLocation::kCuda) total = total.to(at::kCUDA);
+  auto total = on_group_device(at::full({1}, report.bytes_read, at::kLong), group);
   group.all_reduce(span_of(total), ReduceOp::kSum);
   report.bytes_read_all_ranks = total.cpu().item<std::int64_t>();
   report.seconds = seconds_since(start);

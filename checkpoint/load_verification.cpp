@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "checkpoint/checkpoint_error.h"
+#include "checkpoint/stage_group.h"
 #include "fsdp/torch_interop.h"
 
 namespace fsdp::checkpoint {
@@ -86,8 +87,7 @@ void LoadVerification::verify_global(const std::string& source) const {
   for (const auto& counts : counts_)
     all_counts.insert(all_counts.end(), counts.begin(), counts.end());
   auto& group = stages_.front()->group();
-  auto summed = at::tensor(all_counts, at::kLong);
-  if (group.memory_location() == MemoryLocation::kCuda) summed = summed.to(at::kCUDA);
+  auto summed = on_group_device(at::tensor(all_counts, at::kLong), group);
   group.all_reduce(span_of(summed), ReduceOp::kSum);
   summed = summed.cpu();
   const auto* totals = summed.data_ptr<std::int64_t>();
