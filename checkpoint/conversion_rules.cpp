@@ -44,8 +44,7 @@ CompiledPattern compile(const std::string& pattern) {
   return compiled;
 }
 
-std::optional<Bindings> match(const std::string& pattern, const std::string& name) {
-  const auto compiled = compile(pattern);
+std::optional<Bindings> match(const CompiledPattern& compiled, const std::string& name) {
   std::smatch groups;
   if (!std::regex_match(name, groups, compiled.regex)) return std::nullopt;
   Bindings bindings;
@@ -53,6 +52,10 @@ std::optional<Bindings> match(const std::string& pattern, const std::string& nam
     bindings.emplace_back(compiled.placeholders[i], std::stoll(groups[i + 1].str()));
   }
   return bindings;
+}
+
+std::optional<Bindings> match(const std::string& pattern, const std::string& name) {
+  return match(compile(pattern), name);
 }
 
 std::string substitute(const std::string& pattern, const Bindings& bindings) {
@@ -227,10 +230,28 @@ struct Candidate {
   Bindings bindings;
 };
 
-std::vector<Candidate> candidates_for(const ParameterSlot& slot, const ConversionRules& rules) {
+// The rules' parameter patterns, compiled once per plan: compiling a
+// std::regex costs about as much as matching a thousand names with it.
+class RuleMatcher {
+ public:
+  explicit RuleMatcher(const ConversionRules& rules) : rules_(rules) {
+    for (const auto& rule : rules.rules) patterns_.push_back(compile(rule.parameter));
+  }
+  // Every rule whose parameter pattern matches `slot`, in table order.
+  // Throws CheckpointError when there is none.
+  std::vector<Candidate> candidates_for(const ParameterSlot& slot) const;
+
+ private:
+  const ConversionRules& rules_;
+  std::vector<CompiledPattern> patterns_;
+};
+
+std::vector<Candidate> RuleMatcher::candidates_for(const ParameterSlot& slot) const {
   std::vector<Candidate> candidates;
-  for (const auto& rule : rules.rules) {
-    if (auto bindings = match(rule.parameter, slot.name)) candidates.push_back({&rule, *bindings});
+  for (std::size_t r = 0; r < rules_.rules.size(); ++r) {
+    if (auto bindings = match(patterns_[r], slot.name)) {
+      candidates.push_back({&rules_.rules[r], *bindings});
+    }
   }
   if (candidates.empty()) {
     throw CheckpointError("no conversion rule produces runtime parameter \"" + slot.name + "\"");
@@ -306,9 +327,10 @@ std::map<std::string, ParameterPlan> plan_import(const std::vector<const FlatLay
                                                  const ConversionRules& rules) {
   std::map<std::string, ParameterPlan> plans;
   std::map<std::string, std::string> consumer_of_key;
+  const RuleMatcher matcher(rules);
   for (const auto* layout : layouts) {
     for (const auto& slot : layout->parameters()) {
-      const auto candidates = candidates_for(slot, rules);
+      const auto candidates = matcher.candidates_for(slot);
       std::optional<Attempt> best;
       for (const auto& candidate : candidates) {
         auto attempt = plan_parameter(slot, *candidate.rule, candidate.bindings, &checkpoint);
@@ -358,9 +380,10 @@ std::map<std::string, ParameterPlan> plan_import(const std::vector<const FlatLay
 std::vector<ConversionPiece> plan_export(const std::vector<const FlatLayout*>& layouts,
                                          const ConversionRules& rules) {
   std::vector<ConversionPiece> pieces;
+  const RuleMatcher matcher(rules);
   for (const auto* layout : layouts) {
     for (const auto& slot : layout->parameters()) {
-      const auto candidate = candidates_for(slot, rules).front();
+      const auto candidate = matcher.candidates_for(slot).front();
       auto attempt = plan_parameter(slot, *candidate.rule, candidate.bindings, nullptr);
       for (auto& piece : attempt.pieces) pieces.push_back(std::move(piece));
     }

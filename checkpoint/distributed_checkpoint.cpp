@@ -397,8 +397,8 @@ void load_shards(const CheckpointIndex& index, std::size_t stage_index, const Fs
     }
     if (verification != nullptr) {
       for (std::size_t p = 0; p < layout.parameters().size(); ++p) {
-        verification->count(stage_index, p,
-                            intersect(overlap, layout.parameters()[p].flat_range).size());
+        const auto written = intersect(overlap, layout.parameters()[p].flat_range);
+        verification->record(stage_index, p, written.begin - new_begin, written.size());
       }
     }
   }
@@ -499,40 +499,45 @@ CheckpointIndex load_checkpoint(const fs::path& directory, const std::vector<Fsd
   CheckpointIndex index;
   std::unique_ptr<LoadVerification> verification;
   std::string source = directory.string();
-  run_agreeing_on_failure(group, [&] {
-    index = read_checkpoint_index(directory);
-    source = index.directory.string();
-    check_layout(index, stages);
-    if (optimizer != nullptr && !index.has_optimizer) {
-      throw CheckpointError(source + ": the checkpoint has no optimizer state to load");
-    }
-    if (options.gradients && !index.has_gradients) {
-      throw CheckpointError(source + ": the checkpoint has no gradients to load");
-    }
-    verification = std::make_unique<LoadVerification>(stages);
-    std::vector<std::unique_ptr<VerifiedReader>> readers(index.world_size);
-    for (std::size_t s = 0; s < stages.size(); ++s) {
-      auto* stage = stages[s];
-      load_shards(index, s, *stage, kWeightShard, stage->weight_shard(), readers,
-                  options.chunk_bytes, verification.get());
-      if (options.gradients) {
-        stage->gradient_shard().zero_();
-        load_shards(index, s, *stage, kGradientShard, stage->gradient_shard(), readers,
-                    options.chunk_bytes, nullptr);
+  try {
+    run_agreeing_on_failure(group, [&] {
+      index = read_checkpoint_index(directory);
+      source = index.directory.string();
+      check_layout(index, stages);
+      if (optimizer != nullptr && !index.has_optimizer) {
+        throw CheckpointError(source + ": the checkpoint has no optimizer state to load");
       }
-      if (optimizer != nullptr) {
-        optimizer->exp_avg(s).zero_();
-        optimizer->exp_avg_sq(s).zero_();
-        load_shards(index, s, *stage, kExpAvg, optimizer->exp_avg(s), readers, options.chunk_bytes,
-                    nullptr);
-        load_shards(index, s, *stage, kExpAvgSq, optimizer->exp_avg_sq(s), readers,
-                    options.chunk_bytes, nullptr);
+      if (options.gradients && !index.has_gradients) {
+        throw CheckpointError(source + ": the checkpoint has no gradients to load");
       }
-    }
-    if (optimizer != nullptr) optimizer->set_steps_taken(index.optimizer_steps);
-    verification->verify_local(source);
-  });
-  verification->verify_global(source);
+      verification = std::make_unique<LoadVerification>(stages);
+      std::vector<std::unique_ptr<VerifiedReader>> readers(index.world_size);
+      for (std::size_t s = 0; s < stages.size(); ++s) {
+        auto* stage = stages[s];
+        load_shards(index, s, *stage, kWeightShard, stage->weight_shard(), readers,
+                    options.chunk_bytes, verification.get());
+        if (options.gradients) {
+          stage->gradient_shard().zero_();
+          load_shards(index, s, *stage, kGradientShard, stage->gradient_shard(), readers,
+                      options.chunk_bytes, nullptr);
+        }
+        if (optimizer != nullptr) {
+          optimizer->exp_avg(s).zero_();
+          optimizer->exp_avg_sq(s).zero_();
+          load_shards(index, s, *stage, kExpAvg, optimizer->exp_avg(s), readers,
+                      options.chunk_bytes, nullptr);
+          load_shards(index, s, *stage, kExpAvgSq, optimizer->exp_avg_sq(s), readers,
+                      options.chunk_bytes, nullptr);
+        }
+      }
+      if (optimizer != nullptr) optimizer->set_steps_taken(index.optimizer_steps);
+      verification->verify_local(source);
+    });
+    verification->verify_global(source);
+  } catch (...) {
+    if (verification) verification->poison();
+    throw;
+  }
   return index;
 }
 

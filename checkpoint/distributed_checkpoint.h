@@ -108,7 +108,9 @@ struct LoadCheckpointOptions {
 // world size. Collective. Throws on every rank, with the failing rank's
 // message, for: a missing or corrupt checkpoint, a checksum mismatch, or a
 // layout that is not this model's (stage or parameter names, shapes, dtypes).
-// Returns the index (step, training config).
+// Returns the index (step, training config). When the failure comes after the
+// shards started to be overwritten, the weight shards are left all NaN.
+// Values are not checked for NaN: the checksums say they are what was saved.
 CheckpointIndex load_checkpoint(const std::filesystem::path& directory,
                                 const std::vector<Fsdp*>& stages, stages::ShardedAdamW* optimizer,
                                 const LoadCheckpointOptions& options = {});

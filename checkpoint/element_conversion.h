@@ -26,4 +26,9 @@ bool is_supported_conversion(SafetensorsDtype source, c10::ScalarType destinatio
 void convert_elements(const void* source, SafetensorsDtype source_dtype, void* destination,
                       c10::ScalarType destination_type, std::int64_t count);
 
+// The NaNs among `count` little-endian elements at `data`, read from their
+// bits (0 for integer dtypes). Vectorised: meant to run over data just read,
+// while it is still in cache.
+std::int64_t count_nan(const void* data, SafetensorsDtype dtype, std::int64_t count);
+
 }  // namespace fsdp::checkpoint

@@ -21,6 +21,9 @@ namespace {
 // ones go through the staging chunk, so that a tensor split into many short
 // runs (concatenation along an inner dimension) is still read in large preads.
 constexpr std::int64_t kDirectReadBytes = std::int64_t{64} << 10;
+// Direct reads are split into preads of at most this size, small enough to
+// stay in cache for the NaN check that follows each.
+constexpr std::int64_t kScanBytes = std::int64_t{256} << 10;
 
 using Clock = std::chrono::steady_clock;
 
@@ -157,9 +160,10 @@ class Importer {
     const std::int64_t element_bytes = dtype_size(dtype);
     for (std::int64_t k = first; k < last;) {
       const std::int64_t end = std::min(last, (k / piece.run + 1) * piece.run);
-      targets_[task.stage_index].write(data + (k - data_first) * element_bytes, dtype,
-                                       piece.destination(k) - task.shard_begin, end - k);
-      verification_.count(task.stage_index, task.parameter_index, end - k);
+      const std::int64_t shard_offset = piece.destination(k) - task.shard_begin;
+      targets_[task.stage_index].write(data + (k - data_first) * element_bytes, dtype, shard_offset,
+                                       end - k);
+      verification_.record(task.stage_index, task.parameter_index, shard_offset, end - k);
       k = end;
     }
   }
@@ -172,12 +176,17 @@ class Importer {
     auto& target = targets_[task.stage_index];
     const auto same_type = scalar_type_of(entry.dtype) == target.type();
     if (same_type && target.direct(0) != nullptr && piece.run * element_bytes >= kDirectReadBytes) {
+      // At most kScanBytes per pread, so that the NaN check reads what was
+      // just read from cache rather than from memory.
+      const std::int64_t slice = std::max<std::int64_t>(1, kScanBytes / element_bytes);
       for (std::int64_t k = task.block.begin; k < task.block.end;) {
-        const std::int64_t end = std::min(task.block.end, (k / piece.run + 1) * piece.run);
-        file.read_tensor_bytes(entry, k * element_bytes,
-                               target.direct(piece.destination(k) - task.shard_begin),
-                               (end - k) * element_bytes);
-        verification_.count(task.stage_index, task.parameter_index, end - k);
+        const std::int64_t end =
+            std::min({task.block.end, (k / piece.run + 1) * piece.run, k + slice});
+        const std::int64_t shard_offset = piece.destination(k) - task.shard_begin;
+        char* destination = target.direct(shard_offset);
+        file.read_tensor_bytes(entry, k * element_bytes, destination, (end - k) * element_bytes);
+        check_values(task, destination, end - k);
+        verification_.record(task.stage_index, task.parameter_index, shard_offset, end - k);
         advance((end - k) * element_bytes);
         k = end;
       }
@@ -188,6 +197,7 @@ class Importer {
       const std::int64_t last = std::min(task.block.end, first + chunk);
       char* data = staging_.get((last - first) * element_bytes);
       file.read_tensor_bytes(entry, first * element_bytes, data, (last - first) * element_bytes);
+      check_values(task, data, last - first);
       scatter(task, data, first, first, last);
       advance((last - first) * element_bytes);
     }
@@ -223,6 +233,7 @@ class Importer {
                                  stored + q * p_count * element_bytes, p_count * element_bytes);
         }
       }
+      check_values(task, stored, q_size * p_count);
       transpose_bytes(stored, block_order, q_size, p_count, element_bytes);
       const std::int64_t data_first = row * q_size;
       scatter(task, block_order, data_first, std::max(task.block.begin, data_first),
@@ -230,6 +241,17 @@ class Importer {
       advance(q_size * p_count * element_bytes);
       row += p_count;
     }
+  }
+
+  // Rejects NaN in `count` elements of the piece's source just read to `data`.
+  void check_values(const CopyTask& task, const char* data, std::int64_t count) const {
+    if (!options_.reject_nan) return;
+    const auto& piece = *task.piece;
+    const auto nans = count_nan(data, piece.source.entry->dtype, count);
+    if (nans == 0) return;
+    throw CheckpointError(piece.source.file->path() + ": tensor \"" + piece.key + "\" holds NaN (" +
+                          std::to_string(nans) + " in the part loaded into parameter \"" +
+                          piece.parameter + "\" by this rank)");
   }
 
   void advance(std::int64_t bytes) {
@@ -265,31 +287,36 @@ LoadReport import_hf_checkpoint(const std::filesystem::path& path, const Convers
   std::unique_ptr<HfCheckpoint> checkpoint;
   std::unique_ptr<LoadVerification> verification;
   std::string source = path.string();
-  run_agreeing_on_failure(group, [&] {
-    checkpoint = std::make_unique<HfCheckpoint>(path);
-    source = checkpoint->source();
-    std::vector<const FlatLayout*> layouts;
-    for (const auto* stage : stages) layouts.push_back(&stage->layout());
-    const auto plans = plan_import(layouts, *checkpoint, rules);
-    verification = std::make_unique<LoadVerification>(stages);
-    Importer importer(stages, *verification, options);
-    for (std::size_t s = 0; s < stages.size(); ++s) {
-      const auto& layout = stages[s]->layout();
-      const auto owned = layout.shard_range(group.rank());
-      for (std::size_t p = 0; p < layout.parameters().size(); ++p) {
-        const auto& slot = layout.parameters()[p];
-        const auto range = intersect(owned, slot.flat_range);
-        if (range.empty()) continue;
-        for (const auto& piece : plans.at(slot.name).pieces) {
-          const auto block = piece.block_interval(range);
-          if (!block.empty()) importer.add({&piece, s, p, block, owned.begin});
+  try {
+    run_agreeing_on_failure(group, [&] {
+      checkpoint = std::make_unique<HfCheckpoint>(path);
+      source = checkpoint->source();
+      std::vector<const FlatLayout*> layouts;
+      for (const auto* stage : stages) layouts.push_back(&stage->layout());
+      const auto plans = plan_import(layouts, *checkpoint, rules);
+      verification = std::make_unique<LoadVerification>(stages);
+      Importer importer(stages, *verification, options);
+      for (std::size_t s = 0; s < stages.size(); ++s) {
+        const auto& layout = stages[s]->layout();
+        const auto owned = layout.shard_range(group.rank());
+        for (std::size_t p = 0; p < layout.parameters().size(); ++p) {
+          const auto& slot = layout.parameters()[p];
+          const auto range = intersect(owned, slot.flat_range);
+          if (range.empty()) continue;
+          for (const auto& piece : plans.at(slot.name).pieces) {
+            const auto block = piece.block_interval(range);
+            if (!block.empty()) importer.add({&piece, s, p, block, owned.begin});
+          }
         }
       }
-    }
-    importer.run();
-    verification->verify_local(source);
-  });
-  verification->verify_global(source);
+      importer.run();
+      verification->verify_local(source);
+    });
+    verification->verify_global(source);
+  } catch (...) {
+    if (verification) verification->poison();
+    throw;
+  }
 
   LoadReport report;
   report.bytes_read = checkpoint->bytes_read();

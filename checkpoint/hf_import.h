@@ -9,7 +9,8 @@
 // staging chunk of at most ImportOptions::chunk_bytes (two for transposed
 // tensors), whatever the number of experts or layers; same-dtype runs of at
 // least 64 KiB skip the chunk and are read straight into the shard.
-// Verified like Fast-LLM's safe loading (load_verification.h).
+// Verified like Fast-LLM's safe loading, with the written ranges recorded
+// rather than NaN pre-filled and scanned for (load_verification.h).
 #pragma once
 
 #include <cstdint>
@@ -30,6 +31,12 @@ struct LoadProgress {
 
 struct ImportOptions {
   std::int64_t chunk_bytes = std::int64_t{64} << 20;
+  // A NaN in the checkpoint is an error naming the tensor and its file. The
+  // check reads each piece right after it is read, while it is in cache; on a
+  // warm page cache it is still about a fifth of the load's time (2-core CI
+  // machine, docs/PERFORMANCE.md). Turn it off to load a checkpoint known to
+  // hold NaN, or to save that time.
+  bool reject_nan = true;
   // Called on every rank about every progress_interval_seconds, and once at the end.
   std::function<void(const LoadProgress&)> progress;
   double progress_interval_seconds = 2.0;
@@ -47,7 +54,9 @@ struct LoadReport {
 // (every stage must share one group). Every rank ends with the same outcome:
 // on any rank's error (a bad file, a missing or unused key, a shape or dtype
 // mismatch, a failed verification) every rank throws, with that message.
-// After a failure the shards hold NaN where nothing was loaded.
+// After a failure that reached the loading itself, the weight shards hold NaN
+// (a half-loaded model must not look valid); after one found while planning
+// (a missing key, a bad header), they are untouched.
 LoadReport import_hf_checkpoint(const std::filesystem::path& path, const ConversionRules& rules,
                                 const std::vector<Fsdp*>& stages,
                                 const ImportOptions& options = {});

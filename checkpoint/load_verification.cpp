@@ -2,7 +2,7 @@
 
 #include <ATen/ATen.h>
 
-#include <cmath>
+#include <algorithm>
 #include <limits>
 
 #include "checkpoint/checkpoint_error.h"
@@ -12,80 +12,107 @@
 namespace fsdp::checkpoint {
 namespace {
 
-// NaNs in `values`, without allocating anything shard-sized: a float32 host
-// shard is scanned in place; anything else in small chunks (torch's sum of a
-// boolean mask widens it to int64, 8 bytes per element).
-std::int64_t count_nan(const at::Tensor& values) {
-  if (values.device().is_cpu() && values.scalar_type() == at::kFloat && values.is_contiguous()) {
-    // On the bits, which the compiler vectorises (std::isnan it does not):
-    // NaN is an all-ones exponent with a non-zero mantissa.
-    const auto* bits = static_cast<const std::uint32_t*>(values.data_ptr());
-    std::int64_t total = 0;
-    for (std::int64_t i = 0; i < values.numel(); ++i) {
-      total += (bits[i] & 0x7fffffffu) > 0x7f800000u;
-    }
-    return total;
-  }
-  constexpr std::int64_t kChunk = std::int64_t{1} << 16;
-  std::int64_t total = 0;
-  for (std::int64_t begin = 0; begin < values.numel(); begin += kChunk) {
-    const auto piece = values.narrow(0, begin, std::min(kChunk, values.numel() - begin));
-    total += piece.isnan().sum().item<std::int64_t>();
-  }
-  return total;
+std::string describe(ElementRange range) {
+  return "[" + std::to_string(range.begin) + ", " + std::to_string(range.end) + ")";
+}
+
+std::string parameter_context(const std::string& source, const Fsdp& stage,
+                              std::size_t parameter_index) {
+  return source + ": stage \"" + stage.stage_name() + "\" parameter \"" +
+         stage.layout().parameters()[parameter_index].name + "\"";
 }
 
 }  // namespace
 
-LoadVerification::LoadVerification(std::vector<Fsdp*> stages) : stages_(std::move(stages)) {
+LoadVerification::LoadVerification(std::vector<Fsdp*> stages)
+    : stages_(std::move(stages)), written_(stages_.size()) {
   for (auto* stage : stages_) {
     stage->invalidate();
-    const auto& layout = stage->layout();
-    const auto padding = layout.padding_in_shard(stage->group().rank());
-    auto shard = stage->weight_shard();
-    shard.narrow(0, 0, padding.begin).fill_(std::numeric_limits<double>::quiet_NaN());
-    shard.narrow(0, padding.begin, padding.size()).zero_();
-    counts_.emplace_back(layout.parameters().size(), 0);
+    const auto padding = stage->layout().padding_in_shard(stage->group().rank());
+    stage->weight_shard().narrow(0, padding.begin, padding.size()).zero_();
   }
+}
+
+void LoadVerification::record(std::size_t stage_index, std::size_t parameter_index,
+                              std::int64_t shard_offset, std::int64_t count) {
+  if (count == 0) return;
+  auto& written = written_[stage_index];
+  if (!written.empty() && written.back().parameter_index == parameter_index &&
+      written.back().shard_range.end == shard_offset) {
+    written.back().shard_range.end += count;
+    return;
+  }
+  written.push_back({parameter_index, {shard_offset, shard_offset + count}});
 }
 
 void LoadVerification::verify_local(const std::string& source) const {
   for (std::size_t s = 0; s < stages_.size(); ++s) {
-    const auto* stage = stages_[s];
-    const auto& layout = stage->layout();
-    const int rank = stage->group().rank();
+    const auto& stage = *stages_[s];
+    const auto& layout = stage.layout();
+    const int rank = stage.group().rank();
+    const auto slices = layout.owned_slices(rank);  // in shard order
     std::vector<std::int64_t> owned(layout.parameters().size(), 0);
-    for (const auto& slice : layout.owned_slices(rank)) {
-      owned[slice.parameter_index] += slice.shard_range.size();
+    for (const auto& slice : slices) owned[slice.parameter_index] += slice.shard_range.size();
+
+    auto written = written_[s];
+    std::sort(written.begin(), written.end(), [](const Written& a, const Written& b) {
+      return a.shard_range.begin < b.shard_range.begin;
+    });
+    std::vector<std::int64_t> counts(owned.size(), 0);
+    std::int64_t previous_end = 0;
+    for (const auto& write : written) {
+      const auto context = parameter_context(source, stage, write.parameter_index);
+      if (write.shard_range.begin < previous_end) {
+        throw CheckpointError(
+            context + ": elements " +
+            describe({write.shard_range.begin, std::min(previous_end, write.shard_range.end)}) +
+            " of rank " + std::to_string(rank) +
+            "'s shard were written twice (two checkpoint tensors map there)");
+      }
+      previous_end = write.shard_range.end;
+      // The owned slice holding the write's first element.
+      const auto after = std::upper_bound(slices.begin(), slices.end(), write.shard_range.begin,
+                                          [](std::int64_t offset, const OwnedSlice& slice) {
+                                            return offset < slice.shard_range.begin;
+                                          });
+      const bool inside = after != slices.begin() &&
+                          std::prev(after)->parameter_index == write.parameter_index &&
+                          std::prev(after)->shard_range.end >= write.shard_range.end;
+      if (!inside) {
+        throw CheckpointError(context + ": elements " + describe(write.shard_range) + " of rank " +
+                              std::to_string(rank) +
+                              "'s shard were written for it, but that rank does not own them "
+                              "as part of this parameter");
+      }
+      counts[write.parameter_index] += write.shard_range.size();
     }
     for (std::size_t p = 0; p < owned.size(); ++p) {
-      if (counts_[s][p] != owned[p]) {
-        throw CheckpointError(source + ": stage \"" + stage->stage_name() + "\" parameter \"" +
-                              layout.parameters()[p].name + "\": rank " + std::to_string(rank) +
-                              " owns " + std::to_string(owned[p]) + " elements but " +
-                              std::to_string(counts_[s][p]) + " were written");
-      }
-    }
-    const auto padding = layout.padding_in_shard(rank);
-    if (count_nan(stage->weight_shard().narrow(0, 0, padding.begin)) == 0) continue;
-    for (const auto& slice : layout.owned_slices(rank)) {
-      const auto part =
-          stage->weight_shard().narrow(0, slice.shard_range.begin, slice.shard_range.size());
-      if (const auto nans = count_nan(part); nans != 0) {
-        throw CheckpointError(source + ": stage \"" + stage->stage_name() + "\" parameter \"" +
-                              layout.parameters()[slice.parameter_index].name + "\" holds " +
-                              std::to_string(nans) +
-                              " NaN values after loading (NaN in the checkpoint itself?)");
+      if (counts[p] != owned[p]) {
+        throw CheckpointError(parameter_context(source, stage, p) + ": rank " +
+                              std::to_string(rank) + " owns " + std::to_string(owned[p]) +
+                              " elements but " + std::to_string(counts[p]) + " were written");
       }
     }
   }
+}
+
+std::int64_t LoadVerification::written_count(std::size_t stage_index,
+                                             std::size_t parameter_index) const {
+  std::int64_t count = 0;
+  for (const auto& write : written_[stage_index]) {
+    if (write.parameter_index == parameter_index) count += write.shard_range.size();
+  }
+  return count;
 }
 
 void LoadVerification::verify_global(const std::string& source) const {
   if (stages_.empty()) return;
   std::vector<std::int64_t> all_counts;
-  for (const auto& counts : counts_)
-    all_counts.insert(all_counts.end(), counts.begin(), counts.end());
+  for (std::size_t s = 0; s < stages_.size(); ++s) {
+    for (std::size_t p = 0; p < stages_[s]->layout().parameters().size(); ++p) {
+      all_counts.push_back(written_count(s, p));
+    }
+  }
   auto& group = stages_.front()->group();
   auto summed = on_group_device(at::tensor(all_counts, at::kLong), group);
   group.all_reduce(span_of(summed), ReduceOp::kSum);
@@ -102,6 +129,15 @@ void LoadVerification::verify_global(const std::string& source) const {
       }
       ++index;
     }
+  }
+}
+
+void LoadVerification::poison() const {
+  for (auto* stage : stages_) {
+    const auto padding = stage->layout().padding_in_shard(stage->group().rank());
+    auto shard = stage->weight_shard();
+    shard.narrow(0, 0, padding.begin).fill_(std::numeric_limits<double>::quiet_NaN());
+    shard.narrow(0, padding.begin, padding.size()).zero_();
   }
 }
 

@@ -4,8 +4,10 @@
 #include <gtest/gtest.h>
 
 #include "checkpoint/checkpoint_error.h"
+#include "checkpoint/element_conversion.h"
 #include "checkpoint/hf_export.h"
 #include "checkpoint/hf_import.h"
+#include "checkpoint/load_verification.h"
 #include "checkpoint_test_support.h"
 #include "models/llama_conversion.h"
 #include "mpi_test_environment.h"
@@ -317,12 +319,116 @@ TEST(HfImportErrors, IntegerTensorForAFloatParameter) {
                              {"model.norm.weight\" has dtype I32", "final_norm.weight"});
 }
 
-TEST(HfImportErrors, NanInTheCheckpointIsReported) {
+TEST(HfImportErrors, NanInTheCheckpointIsReportedAndTheShardsArePoisoned) {
   BrokenCheckpoint broken;
   const auto path = broken.make(broken.config, [](auto& tensors) {
     tensors["model.norm.weight"][3] = std::numeric_limits<float>::quiet_NaN();
   });
-  broken.expect_import_error(path, broken.config, {"final_norm.weight", "NaN"});
+  broken.expect_import_error(path, broken.config,
+                             {"model.norm.weight\" holds NaN", "final_norm.weight"});
+
+  // A failed load leaves no shard that looks like weights.
+  auto model = build_model(broken.config, broken.group);
+  model->initialize_weights(5);
+  const auto rules = models::llama_conversion_rules(broken.config);
+  // (CheckpointError on the rank that found it, RankFailedError on the others.)
+  EXPECT_THROW(checkpoint::import_hf_checkpoint(path, rules, model->stages()), std::exception);
+  for (auto* stage : model->stages()) {
+    const auto padding = stage->layout().padding_in_shard(stage->group().rank());
+    const auto shard = stage->weight_shard();
+    EXPECT_TRUE(shard.narrow(0, 0, padding.begin).isnan().all().item<bool>())
+        << stage->stage_name();
+    EXPECT_EQ(shard.narrow(0, padding.begin, padding.size()).count_nonzero().item<std::int64_t>(),
+              0);
+  }
+
+  // Asked to, the load accepts it, NaN and all.
+  checkpoint::ImportOptions accept_nan;
+  accept_nan.reject_nan = false;
+  checkpoint::import_hf_checkpoint(path, rules, model->stages(), accept_nan);
+  const auto loaded = all_parameters(*model);
+  EXPECT_TRUE(std::isnan(loaded.at("final_norm.weight")[3].item<float>()));
+  EXPECT_EQ(loaded.at("final_norm.weight").isnan().sum().item<std::int64_t>(), 1);
+}
+
+TEST(HfImportErrors, NanIsFoundInEveryFloatingDtypeOnDisk) {
+  // The check reads the stored bits; one NaN (and infinities, which are not
+  // NaN) in each dtype a checkpoint may hold.
+  using checkpoint::SafetensorsDtype;
+  const std::vector<std::pair<SafetensorsDtype, at::ScalarType>> dtypes = {
+      {SafetensorsDtype::kFloat64, at::kDouble},
+      {SafetensorsDtype::kFloat32, at::kFloat},
+      {SafetensorsDtype::kFloat16, at::kHalf},
+      {SafetensorsDtype::kBFloat16, at::kBFloat16}};
+  for (const auto& [dtype, type] : dtypes) {
+    auto values = at::randn({1000}).to(type);
+    values[10] = std::numeric_limits<double>::infinity();
+    values[11] = -std::numeric_limits<double>::infinity();
+    EXPECT_EQ(checkpoint::count_nan(values.data_ptr(), dtype, values.numel()), 0);
+    values[500] = std::numeric_limits<double>::quiet_NaN();
+    values[999] = -std::numeric_limits<double>::quiet_NaN();
+    EXPECT_EQ(checkpoint::count_nan(values.data_ptr(), dtype, values.numel()), 2);
+  }
+  // float8: e4m3fn has NaN at S.1111.111 only (0x7e is 448); e5m2 is a half's upper byte.
+  const std::uint8_t e4m3[] = {0x7e, 0xfe, 0x7f, 0xff, 0x00, 0x78};
+  EXPECT_EQ(checkpoint::count_nan(e4m3, SafetensorsDtype::kFloat8E4M3, 6), 2);
+  const std::uint8_t e5m2[] = {0x7c, 0xfc, 0x7d, 0xff, 0x3c, 0x7b};  // inf, -inf, NaN, NaN
+  EXPECT_EQ(checkpoint::count_nan(e5m2, SafetensorsDtype::kFloat8E5M2, 6), 2);
+  const std::int32_t integers[] = {-1, 0x7fffffff};
+  EXPECT_EQ(checkpoint::count_nan(integers, SafetensorsDtype::kInt32, 2), 0);
+}
+
+// The exact-coverage check itself, fed writes no correct plan would make.
+TEST(LoadVerification, RefusesOverlapsGapsAndWritesOutsideTheParameter) {
+  auto group = runtime().process_group();
+  const auto config = small_llama();
+  auto model = build_model(config, group);
+  auto* stage = model->stages().front();
+  const auto slices = stage->layout().owned_slices(group->rank());
+  ASSERT_FALSE(slices.empty());
+  const auto& first = slices.front();
+  const auto record_all_but = [&](checkpoint::LoadVerification& verification, std::size_t skipped) {
+    for (std::size_t i = 0; i < slices.size(); ++i) {
+      if (i == skipped) continue;
+      verification.record(0, slices[i].parameter_index, slices[i].shard_range.begin,
+                          slices[i].shard_range.size());
+    }
+  };
+  const auto name = stage->layout().parameters()[first.parameter_index].name;
+  {  // complete: passes, also written in two halves
+    checkpoint::LoadVerification verification({stage});
+    record_all_but(verification, 0);
+    const auto half = first.shard_range.size() / 2;
+    verification.record(0, first.parameter_index, first.shard_range.begin + half,
+                        first.shard_range.size() - half);
+    verification.record(0, first.parameter_index, first.shard_range.begin, half);
+    EXPECT_NO_THROW(verification.verify_local("test"));
+    EXPECT_NO_THROW(verification.verify_global("test"));
+  }
+  {  // a gap: the first element never written
+    checkpoint::LoadVerification verification({stage});
+    record_all_but(verification, 0);
+    verification.record(0, first.parameter_index, first.shard_range.begin + 1,
+                        first.shard_range.size() - 1);
+    expect_error_on_every_rank([&] { verification.verify_local("test"); },
+                               {name, "owns " + std::to_string(first.shard_range.size()),
+                                std::to_string(first.shard_range.size() - 1) + " were written"});
+  }
+  {  // an overlap with the same count: one element twice, another never
+    checkpoint::LoadVerification verification({stage});
+    record_all_but(verification, 0);
+    verification.record(0, first.parameter_index, first.shard_range.begin, 2);
+    verification.record(0, first.parameter_index, first.shard_range.begin + 1,
+                        first.shard_range.size() - 2);
+    expect_error_on_every_rank([&] { verification.verify_local("test"); }, {name, "written twice"});
+  }
+  if (slices.size() > 1) {  // the first parameter's elements written for the second
+    checkpoint::LoadVerification verification({stage});
+    record_all_but(verification, 0);
+    verification.record(0, slices[1].parameter_index, first.shard_range.begin,
+                        first.shard_range.size());
+    expect_error_on_every_rank([&] { verification.verify_local("test"); }, {"does not own them"});
+  }
 }
 
 TEST(HfImportErrors, IndexPointingAtAMissingFile) {
