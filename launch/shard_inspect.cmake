@@ -1,0 +1,1 @@
+# shard-inspect (see launch/shard_inspect_main.cpp)

@@ -1,0 +1,1 @@
+# shard-inspect's tests
