@@ -4,6 +4,8 @@
 #include <exception>
 #include <iostream>
 
+#include "fsdp/collective_errors.h"
+
 namespace po = boost::program_options;
 
 namespace fsdp::launch {
@@ -57,7 +59,7 @@ int run_program(int argc, char** argv, const ProgramInfo& info,
     if (values.count("help")) {
       if (runtime.rank() == 0) {
         std::cout << info.name << ": " << info.summary << "\n\nUsage: " << info.usage << "\n\n"
-                  << all << std::flush;
+                  << all << info.epilog << std::flush;
       }
       return 0;
     }
@@ -69,10 +71,22 @@ int run_program(int argc, char** argv, const ProgramInfo& info,
     }
     return 2;
   }
+  if (info.preflight) {
+    try {
+      info.preflight(values, runtime.world_size());
+    } catch (const std::exception& error) {
+      if (runtime.rank() == 0) std::cerr << info.name << ": " << error.what() << std::endl;
+      return 2;
+    }
+  }
 
   try {
     runtime.connect(runtime_options);
     return body(runtime, values);
+  } catch (const RankFailedError& error) {
+    // Every rank is here with the same message: no need to abort anyone.
+    if (runtime.rank() == 0) std::cerr << info.name << ": " << error.what() << std::endl;
+    return 1;
   } catch (const std::exception& error) {
     runtime.abort_job(info.name + ": " + error.what());
   } catch (...) {

@@ -13,7 +13,11 @@
 //   * --help and option errors are printed once (by rank 0); every rank exits
 //     with 0 (help) or 2 (bad option) -- all ranks parse the same command line,
 //     so all stop together without waiting on each other.
-//   * An exception escaping `body` on any rank prints that rank's message
+//   * `info.preflight` failures are reported like bad options (once, status 2).
+//   * A RankFailedError escaping `body` (fsdp/collective_errors.h: every rank
+//     throws it together, with the failing rank's message) is printed once,
+//     by rank 0, and every rank exits with status 1.
+//   * Any other exception escaping `body` on any rank prints that rank's message
 //     (with rank and host) and aborts the whole job with exit status 1: never a hang.
 #pragma once
 
@@ -30,6 +34,16 @@ struct ProgramInfo {
   std::string name;     // "fsdp-train"
   std::string summary;  // one line for --help
   std::string usage;    // e.g. "mpirun -np N fsdp-train [options]"
+  // Checks that need the world size or the file system (a checkpoint to
+  // resume from, a batch the ranks must split), run on every rank before any
+  // collective. Throwing boost::program_options::error (or CheckpointError,
+  // or any std::exception) stops the job like a bad option: printed once,
+  // exit status 2. REQUIRES: every rank reaches the same verdict (same
+  // options, same files).
+  std::function<void(const boost::program_options::variables_map& values, int world_size)>
+      preflight;
+  // Printed after the options in --help: examples, notes.
+  std::string epilog;
 };
 
 using ProgramBody =

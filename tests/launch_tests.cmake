@@ -1,4 +1,4 @@
-# Whole-program tests: the demo at every world size, its options, and what
+# Whole-program tests: fsdp-train at every world size, its options, and what
 # happens when a rank fails. Each runs through expect_command.cmake, which
 # also fails the test on a hang.
 add_executable(failure-probe failure_probe.cpp)
@@ -24,26 +24,41 @@ endfunction()
 set(train $<TARGET_FILE:fsdp-train>)
 set(probe $<TARGET_FILE:failure-probe>)
 
-# README's demo command, at every world size, and started without mpirun.
+# fsdp-train, short runs of the demo model at every world size (the full demo
+# is README's walkthrough, exercised by train_walkthrough below with fewer steps).
+set(train_dir ${CMAKE_CURRENT_BINARY_DIR}/train)
 foreach(ranks 1 2 3 4)
-  fsdp_add_program_test(demo_np${ranks} EXIT 0 COMMAND ${FSDP_MPIRUN} -np ${ranks} ${train}
-                        OUTPUT "equal to the inspector's values \\(in the compute dtype\\): yes"
-                        ONCE "stage.parameter\\(\\) refuses")
+  fsdp_add_program_test(train_np${ranks} EXIT 0 TIMEOUT 240
+                        COMMAND ${FSDP_MPIRUN} -np ${ranks} ${train} --steps 12 --log-interval 4
+                                --checkpoint-dir ${train_dir}/np${ranks}
+                                --inspect decoder.0.mlp.experts.gate_up_proj
+                        OUTPUT "step 12/12  loss [0-9.]+  lr .* tokens/s  elapsed .*  left 0:00.*saved checkpoint at step 12.*inspect decoder.0.mlp.experts.gate_up_proj .*numel 131072 .*done: steps 1-12"
+                        ONCE "step 4/12")
 endforeach()
-fsdp_add_program_test(demo_float32_np3 EXIT 0
-                      COMMAND ${FSDP_MPIRUN} -np 3 ${train} --compute-dtype float32 --inspect decoder.0.mlp.experts.gate_up_proj
-                      OUTPUT "compute dtype Float\n.*: yes")
-fsdp_add_program_test(demo_without_mpirun EXIT 0 COMMAND ${train} OUTPUT "1 rank on 1 host.*: yes")
+fsdp_add_program_test(train_without_mpirun EXIT 0 TIMEOUT 240
+                      COMMAND ${train} --model dense --steps 3 --no-checkpoint --dtype bfloat16 --zero-stage 1
+                      OUTPUT "1 rank on 1 host.*dense preset.*ZeRO-1, compute bfloat16.*done: steps 1-3")
+fsdp_add_program_test(train_stacked_prefetch_np2 EXIT 0 TIMEOUT 240
+                      COMMAND ${FSDP_MPIRUN} -np 2 ${train} --model stacked --steps 3 --no-checkpoint
+                              --prefetch --shared-weight-buffers 2 --shared-gradient-buffers 2 --micro-batches 2
+                      OUTPUT "stacked layers.*prefetch.*2 micro-batch.*done: steps 1-3")
 
 # Options: help once, bad values once with exit status 2, on every world size.
-fsdp_add_program_test(demo_help EXIT 0 COMMAND ${FSDP_MPIRUN} -np 2 ${train} --help
+fsdp_add_program_test(train_help EXIT 0 COMMAND ${FSDP_MPIRUN} -np 2 ${train} --help
+                      OUTPUT "--init-from-hf.*Examples:"
                       ONCE "Usage: mpirun -np N fsdp-train")
-fsdp_add_program_test(demo_bad_option EXIT 2 COMMAND ${FSDP_MPIRUN} -np 3 ${train} --compute-dtype int8
-                      ONCE "--compute-dtype int8 \\(expected float32 or bfloat16\\)")
-fsdp_add_program_test(demo_unknown_parameter EXIT nonzero
+fsdp_add_program_test(train_bad_option EXIT 2 COMMAND ${FSDP_MPIRUN} -np 3 ${train} --dtype int8
+                      ONCE "--dtype int8 \\(expected float32 or bfloat16\\)")
+fsdp_add_program_test(train_batch_does_not_split EXIT 2
+                      COMMAND ${FSDP_MPIRUN} -np 4 ${train} --batch 30
+                      ONCE "--batch 30 \\(the global batch must split evenly: 4 ranks x 1 micro-batches do not divide it\\)")
+fsdp_add_program_test(train_unknown_parameter EXIT 2
                       COMMAND ${FSDP_MPIRUN} -np 2 ${train} --inspect decoder.9.weight
-                      OUTPUT "no parameter named 'decoder.9.weight'")
-fsdp_add_program_test(demo_nccl_without_gpu EXIT nonzero
+                      ONCE "--inspect decoder.9.weight: the model has no such parameter")
+fsdp_add_program_test(train_resume_without_checkpoint EXIT 2
+                      COMMAND ${FSDP_MPIRUN} -np 2 ${train} --resume --checkpoint-dir ${train_dir}/none
+                      ONCE "${train_dir}/none: no such checkpoint directory")
+fsdp_add_program_test(train_nccl_without_gpu EXIT nonzero
                       COMMAND ${FSDP_MPIRUN} -np 2 ${train} --backend nccl
                       OUTPUT "backend nccl")
 

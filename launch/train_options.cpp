@@ -1,0 +1,257 @@
+#include "launch/train_options.h"
+
+#include <string>
+
+#include "models/llama_config_json.h"
+
+namespace po = boost::program_options;
+
+namespace fsdp::launch {
+namespace {
+
+// The presets: small enough that the default run (moe, 300 steps) takes about
+// two minutes at -np 4 on a 2-core machine, large enough to learn the data.
+models::LlamaConfig preset_config(const std::string& preset) {
+  models::LlamaConfig config;
+  config.vocabulary = 64;
+  config.hidden = 128;
+  config.heads = 4;
+  config.intermediate = 256;
+  config.layers = 4;
+  if (preset == "moe") {
+    config.experts = 4;
+    config.experts_per_token = 2;
+    config.intermediate = 128;
+  } else if (preset == "stacked") {
+    config.stacked_layers = true;
+  } else if (preset != "dense") {
+    throw po::invalid_option_value("--model " + preset + " (expected dense, moe or stacked)");
+  }
+  return config;
+}
+
+[[noreturn]] void refuse(const std::string& option, const std::string& value,
+                         const std::string& expected) {
+  throw po::invalid_option_value("--" + option + " " + value + " (" + expected + ")");
+}
+
+template <typename T>
+T at_least(const po::variables_map& values, const std::string& option, T minimum) {
+  const T value = values[option].as<T>();
+  if (value < minimum)
+    refuse(option, std::to_string(value), "expected at least " + std::to_string(minimum));
+  return value;
+}
+
+// A size option that overrides the preset when given (0 keeps the preset's).
+void override_size(const po::variables_map& values, const std::string& option,
+                   std::int64_t& field) {
+  const auto value = values[option].as<std::int64_t>();
+  if (value < 0)
+    refuse(option, std::to_string(value), "expected a positive size, or 0 for the preset's");
+  if (value > 0) field = value;
+}
+
+}  // namespace
+
+po::options_description train_options_description() {
+  po::options_description model("Model (the reference Llama; sizes of 0 keep the preset's)");
+  model.add_options()(
+      "model", po::value<std::string>()->default_value("moe"),
+      "preset: dense (4 layers, hidden 128), moe (the same with 4 experts per layer, top 2), "
+      "stacked (dense, with the layers' weights stacked into [layers, ...] parameters)")(
+      "hidden", po::value<std::int64_t>()->default_value(0), "hidden size")(
+      "layers", po::value<std::int64_t>()->default_value(0), "decoder layers")(
+      "heads", po::value<std::int64_t>()->default_value(0), "attention heads")(
+      "intermediate", po::value<std::int64_t>()->default_value(0), "MLP (or expert) width")(
+      "experts", po::value<std::int64_t>()->default_value(-1),
+      "experts per layer (0: dense MLP; -1 keeps the preset's)")(
+      "vocabulary", po::value<std::int64_t>()->default_value(0), "vocabulary size")(
+      "tie-embeddings", po::bool_switch(), "the output head reuses the input embedding");
+
+  po::options_description training("Training");
+  training.add_options()("steps", po::value<std::int64_t>()->default_value(300),
+                         "optimizer steps in all (a resumed run continues up to this step)")(
+      "batch", po::value<std::int64_t>()->default_value(24),
+      "global batch: sequences per step over all ranks, split evenly (so the same --seed gives "
+      "the same losses at every world size that divides it)")(
+      "micro-batches", po::value<std::int64_t>()->default_value(1),
+      "micro-batches per rank and step; their gradients accumulate")(
+      "seq-len", po::value<std::int64_t>()->default_value(48), "tokens per sequence")(
+      "lr", po::value<double>()->default_value(3e-3, "3e-3"), "peak learning rate")(
+      "min-lr", po::value<double>()->default_value(3e-4, "3e-4"),
+      "learning rate at the end of the cosine decay")(
+      "warmup", po::value<std::int64_t>()->default_value(20), "linear warm-up steps")(
+      "weight-decay", po::value<double>()->default_value(0.01, "0.01"),
+      "AdamW weight decay (matrices and embeddings)")(
+      "clip", po::value<double>()->default_value(1.0, "1"),
+      "clip the global gradient norm to this (0: off)")(
+      "seed", po::value<std::uint64_t>()->default_value(1),
+      "seed of the initial weights and of the data");
+
+  po::options_description runtime("Runtime");
+  runtime.add_options()(
+      "zero-stage", po::value<int>()->default_value(3),
+      "1: weights and gradients stay gathered; 2: gradients sharded as soon as reduced; "
+      "3: weights gathered only while a stage computes")(
+      "dtype", po::value<std::string>()->default_value("float32"),
+      "compute dtype of the gathered weights: float32 or bfloat16 (the shards stay float32)")(
+      "layers-per-stage", po::value<int>()->default_value(1), "layers sharing one flat shard")(
+      "shared-weight-buffers", po::value<int>()->default_value(0),
+      "weight buffers shared round-robin by the stages (ZeRO-3; 0: one per stage)")(
+      "shared-gradient-buffers", po::value<int>()->default_value(0),
+      "gradient buffers shared round-robin (ZeRO-2/3; 0: one per stage)")(
+      "prefetch", po::bool_switch(),
+      "start the next stage's all-gather before the current one computes");
+
+  po::options_description io("Checkpoints and output");
+  io.add_options()("checkpoint-dir",
+                   po::value<std::string>()->default_value("fsdp-train-checkpoint"),
+                   "where checkpoints are saved (atomically), at every interval and at the end")(
+      "no-checkpoint", po::bool_switch(), "save no checkpoint")(
+      "checkpoint-interval", po::value<std::int64_t>()->default_value(100),
+      "steps between checkpoints (0: only at the end)")(
+      "resume", po::bool_switch(),
+      "continue from the checkpoint in --checkpoint-dir (at any world size), with the losses an "
+      "uninterrupted run would have had")(
+      "init-from-hf", po::value<std::string>()->default_value(""),
+      "start from a HuggingFace safetensors file or directory (converted on the way in)")(
+      "export-hf", po::value<std::string>()->default_value(""),
+      "write the trained model as a HuggingFace safetensors directory at the end")(
+      "inspect", po::value<std::vector<std::string>>()->composing(),
+      "print this parameter's true values and statistics from the shards at the end "
+      "(repeatable)")("log-interval", po::value<std::int64_t>()->default_value(10),
+                      "steps between progress lines");
+
+  po::options_description all;
+  all.add(model).add(training).add(runtime).add(io);
+  return all;
+}
+
+TrainOptions train_options_from(const po::variables_map& values, int world_size) {
+  TrainOptions options;
+  options.preset = values["model"].as<std::string>();
+  options.model = preset_config(options.preset);
+  override_size(values, "hidden", options.model.hidden);
+  override_size(values, "layers", options.model.layers);
+  override_size(values, "heads", options.model.heads);
+  override_size(values, "intermediate", options.model.intermediate);
+  override_size(values, "vocabulary", options.model.vocabulary);
+  const auto experts = values["experts"].as<std::int64_t>();
+  if (experts < -1)
+    refuse("experts", std::to_string(experts), "expected 0 or more, or -1 for the preset's");
+  if (experts >= 0) options.model.experts = experts;
+  if (options.model.experts > 0 && options.model.experts < options.model.experts_per_token) {
+    options.model.experts_per_token = options.model.experts;
+  }
+  options.model.tie_embeddings = values["tie-embeddings"].as<bool>();
+  if (options.model.hidden % (2 * options.model.heads) != 0) {
+    refuse("hidden", std::to_string(options.model.hidden),
+           "expected a multiple of 2 x heads = " + std::to_string(2 * options.model.heads));
+  }
+
+  options.steps = at_least<std::int64_t>(values, "steps", 1);
+  options.batch = at_least<std::int64_t>(values, "batch", 1);
+  options.micro_batches = at_least<std::int64_t>(values, "micro-batches", 1);
+  if (options.batch % (world_size * options.micro_batches) != 0) {
+    refuse("batch", std::to_string(options.batch),
+           "the global batch must split evenly: " + std::to_string(world_size) + " ranks x " +
+               std::to_string(options.micro_batches) + " micro-batches do not divide it");
+  }
+  options.sequence_length = at_least<std::int64_t>(values, "seq-len", 2);
+  options.model.max_sequence = options.sequence_length;
+  options.learning_rate = values["lr"].as<double>();
+  options.min_learning_rate = values["min-lr"].as<double>();
+  if (!(options.learning_rate > 0))
+    refuse("lr", std::to_string(options.learning_rate), "expected > 0");
+  if (options.min_learning_rate < 0 || options.min_learning_rate > options.learning_rate) {
+    refuse("min-lr", std::to_string(options.min_learning_rate), "expected between 0 and --lr");
+  }
+  options.warmup_steps = at_least<std::int64_t>(values, "warmup", 0);
+  options.weight_decay = values["weight-decay"].as<double>();
+  if (options.weight_decay < 0)
+    refuse("weight-decay", std::to_string(options.weight_decay), "expected >= 0");
+  options.max_gradient_norm = values["clip"].as<double>();
+  if (options.max_gradient_norm < 0)
+    refuse("clip", std::to_string(options.max_gradient_norm), "expected >= 0");
+  options.seed = values["seed"].as<std::uint64_t>();
+
+  options.zero_stage = values["zero-stage"].as<int>();
+  if (options.zero_stage < 1 || options.zero_stage > 3) {
+    refuse("zero-stage", std::to_string(options.zero_stage), "expected 1, 2 or 3");
+  }
+  options.compute_dtype = values["dtype"].as<std::string>();
+  if (options.compute_dtype != "float32" && options.compute_dtype != "bfloat16") {
+    refuse("dtype", options.compute_dtype, "expected float32 or bfloat16");
+  }
+  options.layers_per_stage = at_least<int>(values, "layers-per-stage", 1);
+  options.shared_weight_buffers = at_least<int>(values, "shared-weight-buffers", 0);
+  options.shared_gradient_buffers = at_least<int>(values, "shared-gradient-buffers", 0);
+  if (options.shared_weight_buffers > 0 && options.zero_stage != 3) {
+    refuse("shared-weight-buffers", std::to_string(options.shared_weight_buffers),
+           "shared weight buffers need --zero-stage 3");
+  }
+  if (options.shared_gradient_buffers > 0 && options.zero_stage < 2) {
+    refuse("shared-gradient-buffers", std::to_string(options.shared_gradient_buffers),
+           "shared gradient buffers need --zero-stage 2 or 3");
+  }
+  options.prefetch = values["prefetch"].as<bool>();
+
+  options.checkpoint_dir = values["checkpoint-dir"].as<std::string>();
+  if (values["no-checkpoint"].as<bool>()) {
+    if (values["resume"].as<bool>())
+      throw po::error("--resume needs a checkpoint; --no-checkpoint says there is none");
+    options.checkpoint_dir.clear();
+  }
+  options.checkpoint_interval = at_least<std::int64_t>(values, "checkpoint-interval", 0);
+  options.resume = values["resume"].as<bool>();
+  options.init_from_hf = values["init-from-hf"].as<std::string>();
+  if (options.resume && !options.init_from_hf.empty()) {
+    throw po::error("--resume and --init-from-hf both say where the weights come from; give one");
+  }
+  options.export_hf = values["export-hf"].as<std::string>();
+  if (values.count("inspect")) options.inspect = values["inspect"].as<std::vector<std::string>>();
+  options.log_interval = at_least<std::int64_t>(values, "log-interval", 1);
+  return options;
+}
+
+nlohmann::json to_json(const TrainOptions& options) {
+  nlohmann::json training = {
+      {"preset", options.preset},
+      {"steps", options.steps},
+      {"batch", options.batch},
+      {"micro_batches", options.micro_batches},
+      {"sequence_length", options.sequence_length},
+      {"learning_rate", options.learning_rate},
+      {"min_learning_rate", options.min_learning_rate},
+      {"warmup_steps", options.warmup_steps},
+      {"weight_decay", options.weight_decay},
+      {"max_gradient_norm", options.max_gradient_norm},
+      {"seed", options.seed},
+      {"zero_stage", options.zero_stage},
+      {"compute_dtype", options.compute_dtype},
+      {"layers_per_stage", options.layers_per_stage},
+  };
+  return {{"model", models::to_json(options.model)}, {"training", training}};
+}
+
+std::vector<std::string> model_differences(const nlohmann::json& saved,
+                                           const models::LlamaConfig& model) {
+  std::vector<std::string> differences;
+  if (!saved.is_object() || !saved.contains("model")) {
+    differences.push_back("the checkpoint records no model configuration");
+    return differences;
+  }
+  const auto ours = models::to_json(model);
+  const auto& theirs = saved.at("model");
+  for (const auto& [field, value] : ours.items()) {
+    const auto found = theirs.find(field);
+    if (found == theirs.end() || *found != value) {
+      differences.push_back(field + ": " + (found == theirs.end() ? "absent" : found->dump()) +
+                            " in the checkpoint, " + value.dump() + " here");
+    }
+  }
+  return differences;
+}
+
+}  // namespace fsdp::launch
