@@ -72,6 +72,9 @@ po::options_description train_options_description() {
   po::options_description training("Training");
   training.add_options()("steps", po::value<std::int64_t>()->default_value(300),
                          "optimizer steps in all (a resumed run continues up to this step)")(
+      "stop-after", po::value<std::int64_t>()->default_value(0),
+      "end this run after this step, saving a checkpoint (for time-limited jobs: the schedule "
+      "still spans --steps, and --resume carries on)")(
       "batch", po::value<std::int64_t>()->default_value(24),
       "global batch: sequences per step over all ranks, split evenly (so the same --seed gives "
       "the same losses at every world size that divides it)")(
@@ -151,6 +154,11 @@ TrainOptions train_options_from(const po::variables_map& values, int world_size)
   }
 
   options.steps = at_least<std::int64_t>(values, "steps", 1);
+  options.stop_after = at_least<std::int64_t>(values, "stop-after", 0);
+  if (options.stop_after > options.steps) {
+    refuse("stop-after", std::to_string(options.stop_after),
+           "expected at most --steps " + std::to_string(options.steps));
+  }
   options.batch = at_least<std::int64_t>(values, "batch", 1);
   options.micro_batches = at_least<std::int64_t>(values, "micro-batches", 1);
   if (options.batch % (world_size * options.micro_batches) != 0) {

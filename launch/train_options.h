@@ -21,6 +21,10 @@ struct TrainOptions {
 
   // Training.
   std::int64_t steps = 300;
+  // End this run after this step (0: at `steps`), saving a checkpoint, as a
+  // job with a time limit would; the schedule still spans `steps`, so a
+  // --resume continues exactly where an uninterrupted run would be.
+  std::int64_t stop_after = 0;
   std::int64_t batch = 24;         // global: sequences per step over all ranks
   std::int64_t micro_batches = 1;  // per rank and step; gradients accumulate
   std::int64_t sequence_length = 48;

@@ -108,14 +108,15 @@ class Training {
       say("the checkpoint is at step " + std::to_string(first_step - 1) + ", not before --steps " +
           std::to_string(options_.steps) + ": nothing to train");
     }
+    const std::int64_t last_step = options_.stop_after > 0 ? options_.stop_after : options_.steps;
     const auto start = Clock::now();
-    for (std::int64_t step = first_step; step <= options_.steps; ++step) {
+    for (std::int64_t step = first_step; step <= last_step; ++step) {
       const double loss = train_step(step);
       losses_.push_back(loss);
-      if (step % options_.log_interval == 0 || step == options_.steps || step == first_step) {
+      if (step % options_.log_interval == 0 || step == last_step || step == first_step) {
         report_progress(step, first_step, loss, seconds_since(start));
       }
-      const bool last = step == options_.steps;
+      const bool last = step == last_step;
       if (!options_.checkpoint_dir.empty() &&
           (last ||
            (options_.checkpoint_interval > 0 && step % options_.checkpoint_interval == 0))) {
@@ -125,7 +126,7 @@ class Training {
     const double seconds = seconds_since(start);
     if (!options_.export_hf.empty()) export_hf();
     for (const auto& name : options_.inspect) inspect(name);
-    summarize(first_step, seconds);
+    summarize(first_step, last_step, seconds);
     return 0;
   }
 
@@ -275,7 +276,7 @@ class Training {
     throw std::logic_error("--inspect " + name + " passed the preflight but is not in the model");
   }
 
-  void summarize(std::int64_t first_step, double seconds) {
+  void summarize(std::int64_t first_step, std::int64_t last_step, double seconds) {
     if (losses_.empty()) return;
     const std::size_t tail = std::min<std::size_t>(losses_.size(), 10);
     double last = 0;
@@ -283,8 +284,8 @@ class Training {
     last /= static_cast<double>(tail);
     const double steps = static_cast<double>(losses_.size());
     const auto statistics = model_->communication_statistics();
-    say("done: steps " + std::to_string(first_step) + "-" + std::to_string(options_.steps) +
-        " in " + clock_time(seconds) + ", loss " + format("%.4f", losses_.front()) + " -> " +
+    say("done: steps " + std::to_string(first_step) + "-" + std::to_string(last_step) + " in " +
+        clock_time(seconds) + ", loss " + format("%.4f", losses_.front()) + " -> " +
         format("%.4f", last) + " (mean of the last " + std::to_string(tail) + "), " +
         format("%.0f", steps * static_cast<double>(options_.batch * options_.sequence_length) /
                            std::max(seconds, 1e-9)) +
