@@ -279,6 +279,6 @@ int main(int argc, char** argv) {
   return fsdp::launch::run_program(
       argc, argv,
       {"fsdp-bench", "the runtime's collectives beside raw MPI, as ratios",
-       "mpirun -np N fsdp-bench [options]"},
+       "mpirun -np N fsdp-bench [options]", nullptr, ""},
       options, run);
 }

@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <cstring>
 #include <fstream>
 #include <memory>
 
@@ -15,6 +14,7 @@
 #include "checkpoint/load_verification.h"
 #include "checkpoint/safetensors_file.h"
 #include "checkpoint/stage_group.h"
+#include "checkpoint/verified_reader.h"
 #include "fsdp/collective_errors.h"
 #include "fsdp/torch_interop.h"
 #include "stages/sharded_adamw.h"
@@ -293,59 +293,6 @@ void check_layout(const CheckpointIndex& index, const std::vector<Fsdp*>& stages
     }
   }
 }
-
-// Reads file ranges, verifying the checksum of every block they touch.
-class VerifiedReader {
- public:
-  VerifiedReader(const fs::path& path, const FileRecord& record, std::int64_t chunk_bytes)
-      : file_(path), record_(record) {
-    if (file_.file_size() != record.bytes) {
-      throw CheckpointError(file_.path() + ": " + std::to_string(file_.file_size()) +
-                            " bytes, but the index recorded " + std::to_string(record.bytes));
-    }
-    const std::int64_t block = record.checksum_block_bytes;
-    chunk_bytes_ = std::max<std::int64_t>(1, chunk_bytes / block) * block;
-  }
-
-  const SafetensorsFile& file() const { return file_; }
-
-  // Copies file bytes [offset, offset + bytes) into `destination`.
-  void read(std::int64_t offset, char* destination, std::int64_t bytes) {
-    const std::int64_t block = record_.checksum_block_bytes;
-    std::int64_t position = offset / block * block;
-    const std::int64_t end = std::min(record_.bytes, (offset + bytes + block - 1) / block * block);
-    while (position < end) {
-      const std::int64_t length = std::min(chunk_bytes_, end - position);
-      if (!staging_) staging_.reset(new char[static_cast<std::size_t>(chunk_bytes_)]);
-      file_.read_file_bytes(position, staging_.get(), length);
-      for (std::int64_t b = 0; b < length; b += block) {
-        const std::int64_t index = (position + b) / block;
-        const auto found = block_checksum(staging_.get() + b, std::min(block, length - b));
-        if (found != record_.checksums[index]) {
-          throw CheckpointError(file_.path() + ": checksum mismatch in block " +
-                                std::to_string(index) + " (bytes " + std::to_string(index * block) +
-                                " to " +
-                                std::to_string(std::min(record_.bytes, (index + 1) * block)) +
-                                "): expected " + format_checksum(record_.checksums[index]) +
-                                ", found " + format_checksum(found) + "; the file is corrupt");
-        }
-      }
-      const std::int64_t copy_begin = std::max(position, offset);
-      const std::int64_t copy_end = std::min(position + length, offset + bytes);
-      if (copy_end > copy_begin) {
-        std::memcpy(destination + (copy_begin - offset), staging_.get() + (copy_begin - position),
-                    static_cast<std::size_t>(copy_end - copy_begin));
-      }
-      position += length;
-    }
-  }
-
- private:
-  SafetensorsFile file_;
-  const FileRecord& record_;
-  std::int64_t chunk_bytes_ = 0;
-  std::unique_ptr<char[]> staging_;
-};
 
 // Copies the overlap of the old shards of `what` into this rank's new shard `destination`.
 void load_shards(const CheckpointIndex& index, std::size_t stage_index, const Fsdp& stage,

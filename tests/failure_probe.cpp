@@ -17,7 +17,8 @@ int main(int argc, char** argv) {
   options.add_options()("throw-on-rank", po::value<int>()->default_value(-1), "rank that throws")(
       "skip-on-rank", po::value<int>()->default_value(-1), "rank that skips a collective");
   return fsdp::launch::run_program(
-      argc, argv, {"failure-probe", "fails on purpose", "mpirun -np N failure-probe [options]"},
+      argc, argv,
+      {"failure-probe", "fails on purpose", "mpirun -np N failure-probe [options]", nullptr, ""},
       options, [](fsdp::launch::Runtime& runtime, const po::variables_map& values) {
         std::vector<std::int32_t> value = {1};
         auto& group = *runtime.host_group();

@@ -86,19 +86,15 @@ fsdp_add_program_test(bench_load_json_smoke EXIT 0 TIMEOUT 60
 
 # fsdp-train across runs: resume gives the uninterrupted run's losses; world
 # sizes 2 and 3 agree (losses and, through shard-inspect --diff, weights).
-if(TARGET shard-inspect)  # TEMPORARY
 add_test(NAME train_consistency
          COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/train_consistency.sh ${FSDP_MPIRUN}
                  $<TARGET_FILE:fsdp-train> $<TARGET_FILE:shard-inspect>
                  ${CMAKE_CURRENT_BINARY_DIR}/train_consistency)
 set_tests_properties(train_consistency PROPERTIES LABELS program TIMEOUT 600)
-endif()
 
 # README's walkthrough, every command, with fewer steps.
-if(TARGET shard-inspect)  # TEMPORARY
 add_test(NAME readme_walkthrough
          COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/readme_walkthrough.sh ${FSDP_MPIRUN}
                  $<TARGET_FILE:fsdp-train> $<TARGET_FILE:shard-inspect> $<TARGET_FILE:fsdp-bench>
                  ${FSDP_PYTHON} ${CMAKE_CURRENT_BINARY_DIR}/readme_walkthrough)
 set_tests_properties(readme_walkthrough PROPERTIES LABELS program TIMEOUT 600)
-endif()
