@@ -5,10 +5,11 @@
 // on the same global batch.
 //
 // Each sequence is an arithmetic progression modulo the vocabulary, with a
-// random start and a random stride from {1, 2, 3, 5}: the first token cannot
-// be predicted, the rest can once two tokens have shown the stride, so the
-// loss falls from ln(vocabulary) towards ln(vocabulary) / length -- a curve
-// that shows learning, not memorisation.
+// random start and a random stride from {1, 2, 3, 5}. The first target (the
+// second token) depends on a stride the model cannot know yet; every later
+// one follows from what came before. So the loss falls from ln(vocabulary)
+// towards ln(4) / sequence_length (about 0.03 for 48 tokens): a curve that
+// shows learning in context, not memorisation.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -47,10 +47,15 @@ std::string mebibytes(std::int64_t bytes) {
 }  // namespace
 
 std::string ModelMemory::describe() const {
-  return "total " + mebibytes(total()) + ": weight shards " + mebibytes(weight_shards) +
-         ", gradient shards " + mebibytes(gradient_shards) + ", optimizer state " +
-         mebibytes(optimizer_state) + ", weight buffers " + mebibytes(weight_buffers) +
-         ", gradient buffers " + mebibytes(gradient_buffers);
+  // Aliased shards live inside their buffers (Note [Shard aliasing]): say so
+  // rather than print a bare 0 that reads like a missing model.
+  const std::string shards = weight_shards == 0 && weight_buffers > 0
+                                 ? std::string("inside the weight buffers")
+                                 : mebibytes(weight_shards);
+  return "total " + mebibytes(total()) + ": weight shards " + shards + ", gradient shards " +
+         mebibytes(gradient_shards) + ", optimizer state " + mebibytes(optimizer_state) +
+         ", weight buffers " + mebibytes(weight_buffers) + ", gradient buffers " +
+         mebibytes(gradient_buffers);
 }
 
 MultiStageModel::MultiStageModel(std::vector<std::unique_ptr<Layer>> layers,
