@@ -1,8 +1,11 @@
 #include "launch/program.h"
 
+#include <mpi.h>
+
 #include <cmath>
 #include <exception>
 #include <iostream>
+#include <string>
 
 #include "fsdp/collective_errors.h"
 
@@ -72,10 +75,23 @@ int run_program(int argc, char** argv, const ProgramInfo& info,
     return 2;
   }
   if (info.preflight) {
+    std::string failure;
     try {
       info.preflight(values, runtime.world_size());
     } catch (const std::exception& error) {
-      if (runtime.rank() == 0) std::cerr << info.name << ": " << error.what() << std::endl;
+      failure = error.what();
+    }
+    // The ranks agree before anyone goes on: a path that exists on rank 0's
+    // node but not on another's must not leave rank 0 waiting in a collective
+    // for peers that already returned. The lowest failing rank speaks.
+    int first_failing = failure.empty() ? runtime.world_size() : runtime.rank();
+    MPI_Allreduce(MPI_IN_PLACE, &first_failing, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    if (first_failing < runtime.world_size()) {
+      if (runtime.rank() == first_failing) {
+        std::cerr << info.name << ": "
+                  << (first_failing == 0 ? "" : "rank " + std::to_string(first_failing) + ": ")
+                  << failure << std::endl;
+      }
       return 2;
     }
   }

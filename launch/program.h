@@ -37,9 +37,8 @@ struct ProgramInfo {
   // Checks that need the world size or the file system (a checkpoint to
   // resume from, a batch the ranks must split), run on every rank before any
   // collective. Throwing boost::program_options::error (or CheckpointError,
-  // or any std::exception) stops the job like a bad option: printed once,
-  // exit status 2. REQUIRES: every rank reaches the same verdict (same
-  // options, same files).
+  // or any std::exception) stops the job like a bad option: printed once (by
+  // the lowest failing rank, after the ranks agree), exit status 2 on every rank.
   std::function<void(const boost::program_options::variables_map& values, int world_size)>
       preflight;
   // Printed after the options in --help: examples, notes.

@@ -1,5 +1,7 @@
 #include "launch/train_options.h"
 
+#include <cmath>
+#include <sstream>
 #include <string>
 
 #include "models/llama_config_json.h"
@@ -33,6 +35,20 @@ models::LlamaConfig preset_config(const std::string& preset) {
 [[noreturn]] void refuse(const std::string& option, const std::string& value,
                          const std::string& expected) {
   throw po::invalid_option_value("--" + option + " " + value + " (" + expected + ")");
+}
+
+[[noreturn]] void refuse(const std::string& option, double value, const std::string& expected) {
+  std::ostringstream text;
+  text << value;
+  refuse(option, text.str(), expected);
+}
+
+// A real-valued option that must be finite and at least `minimum` (NaN fails every comparison).
+double finite_at_least(const po::variables_map& values, const std::string& option, double minimum,
+                       const std::string& expected) {
+  const double value = values[option].as<double>();
+  if (!std::isfinite(value) || !(value >= minimum)) refuse(option, value, expected);
+  return value;
 }
 
 template <typename T>
@@ -161,27 +177,27 @@ TrainOptions train_options_from(const po::variables_map& values, int world_size)
   }
   options.batch = at_least<std::int64_t>(values, "batch", 1);
   options.micro_batches = at_least<std::int64_t>(values, "micro-batches", 1);
-  if (options.batch % (world_size * options.micro_batches) != 0) {
+  // Checked before multiplying: a huge --micro-batches must not wrap to 0.
+  if (options.micro_batches > options.batch ||
+      options.batch % (world_size * options.micro_batches) != 0) {
     refuse("batch", std::to_string(options.batch),
            "the global batch must split evenly: " + std::to_string(world_size) + " ranks x " +
                std::to_string(options.micro_batches) + " micro-batches do not divide it");
   }
   options.sequence_length = at_least<std::int64_t>(values, "seq-len", 2);
   options.model.max_sequence = options.sequence_length;
-  options.learning_rate = values["lr"].as<double>();
-  options.min_learning_rate = values["min-lr"].as<double>();
-  if (!(options.learning_rate > 0))
-    refuse("lr", std::to_string(options.learning_rate), "expected > 0");
-  if (options.min_learning_rate < 0 || options.min_learning_rate > options.learning_rate) {
-    refuse("min-lr", std::to_string(options.min_learning_rate), "expected between 0 and --lr");
+  options.learning_rate = finite_at_least(values, "lr", 0, "expected a finite number > 0");
+  if (options.learning_rate == 0) refuse("lr", "0", "expected a finite number > 0");
+  options.min_learning_rate =
+      finite_at_least(values, "min-lr", 0, "expected a finite number between 0 and --lr");
+  if (options.min_learning_rate > options.learning_rate) {
+    refuse("min-lr", values["min-lr"].as<double>(), "expected a finite number between 0 and --lr");
   }
   options.warmup_steps = at_least<std::int64_t>(values, "warmup", 0);
-  options.weight_decay = values["weight-decay"].as<double>();
-  if (options.weight_decay < 0)
-    refuse("weight-decay", std::to_string(options.weight_decay), "expected >= 0");
-  options.max_gradient_norm = values["clip"].as<double>();
-  if (options.max_gradient_norm < 0)
-    refuse("clip", std::to_string(options.max_gradient_norm), "expected >= 0");
+  options.weight_decay =
+      finite_at_least(values, "weight-decay", 0, "expected a finite number >= 0");
+  options.max_gradient_norm =
+      finite_at_least(values, "clip", 0, "expected a finite number >= 0 (0: no clipping)");
   options.seed = values["seed"].as<std::uint64_t>();
 
   options.zero_stage = values["zero-stage"].as<int>();
@@ -206,6 +222,9 @@ TrainOptions train_options_from(const po::variables_map& values, int world_size)
   options.prefetch = values["prefetch"].as<bool>();
 
   options.checkpoint_dir = values["checkpoint-dir"].as<std::string>();
+  if (values["no-checkpoint"].as<bool>() && options.stop_after > 0) {
+    throw po::error("--stop-after saves a checkpoint to resume from; --no-checkpoint says not to");
+  }
   if (values["no-checkpoint"].as<bool>()) {
     if (values["resume"].as<bool>())
       throw po::error("--resume needs a checkpoint; --no-checkpoint says there is none");
@@ -243,23 +262,51 @@ nlohmann::json to_json(const TrainOptions& options) {
   return {{"model", models::to_json(options.model)}, {"training", training}};
 }
 
-std::vector<std::string> model_differences(const nlohmann::json& saved,
-                                           const models::LlamaConfig& model) {
-  std::vector<std::string> differences;
-  if (!saved.is_object() || !saved.contains("model")) {
-    differences.push_back("the checkpoint records no model configuration");
-    return differences;
-  }
-  const auto ours = models::to_json(model);
-  const auto& theirs = saved.at("model");
-  for (const auto& [field, value] : ours.items()) {
-    const auto found = theirs.find(field);
-    if (found == theirs.end() || *found != value) {
-      differences.push_back(field + ": " + (found == theirs.end() ? "absent" : found->dump()) +
+namespace {
+
+// "field: X in the checkpoint, Y here" for each of `fields` that differs.
+void compare_fields(const nlohmann::json& saved, const nlohmann::json& ours,
+                    const std::vector<std::string>& fields, const std::string& prefix,
+                    std::vector<std::string>& differences) {
+  for (const auto& field : fields) {
+    const auto found = saved.find(field);
+    const auto& value = ours.at(field);
+    if (found == saved.end() || *found != value) {
+      differences.push_back(prefix + field + ": " +
+                            (found == saved.end() ? "absent" : found->dump()) +
                             " in the checkpoint, " + value.dump() + " here");
     }
   }
-  return differences;
+}
+
+}  // namespace
+
+ResumeDifferences resume_differences(const nlohmann::json& saved, const TrainOptions& options) {
+  ResumeDifferences result;
+  if (!saved.is_object() || !saved.contains("model") || !saved.contains("training") ||
+      !saved.at("model").is_object() || !saved.at("training").is_object()) {
+    result.refused.push_back(
+        "the checkpoint records no fsdp-train configuration (saved by another program?)");
+    return result;
+  }
+  const auto ours = to_json(options);
+  std::vector<std::string> model_fields;
+  for (const auto& item : ours.at("model").items()) {
+    // The RoPE table length follows --seq-len, which is compared below.
+    if (item.key() != "max_sequence") model_fields.push_back(item.key());
+  }
+  compare_fields(saved.at("model"), ours.at("model"), model_fields, "model ", result.refused);
+  compare_fields(saved.at("training"), ours.at("training"),
+                 {"seed", "batch", "sequence_length", "learning_rate", "min_learning_rate",
+                  "warmup_steps", "weight_decay", "max_gradient_norm"},
+                 "", result.refused);
+  const auto saved_steps = saved.at("training").find("steps");
+  if (saved_steps != saved.at("training").end() && *saved_steps != options.steps) {
+    result.schedule_note = "the learning-rate schedule now spans " + std::to_string(options.steps) +
+                           " steps (the saved run planned " + saved_steps->dump() +
+                           "): from here on the losses are not those of the saved plan";
+  }
+  return result;
 }
 
 }  // namespace fsdp::launch

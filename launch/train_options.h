@@ -68,10 +68,17 @@ TrainOptions train_options_from(const boost::program_options::variables_map& val
 // and what shard-inspect rebuilds the conversion rules from.
 nlohmann::json to_json(const TrainOptions& options);
 
-// On --resume: the differences between this run's model and the one saved in
-// `saved` (a checkpoint's training_config), one "hidden: 64 in the checkpoint,
-// 32 here" per field; empty when they match.
-std::vector<std::string> model_differences(const nlohmann::json& saved,
-                                           const models::LlamaConfig& model);
+// On --resume: how this run differs from the one that saved `saved` (a
+// checkpoint's training_config). `refused`: the model ("model hidden: 64 in
+// the checkpoint, 32 here") and whatever changes the losses from there on
+// (seed, batch, sequence length, learning rates, warm-up, weight decay,
+// clipping), because --resume promises the uninterrupted run's losses.
+// `schedule_note`: a different --steps only stretches or shortens the
+// schedule -- allowed (training longer than planned is common), and said.
+struct ResumeDifferences {
+  std::vector<std::string> refused;
+  std::string schedule_note;  // empty when --steps is the saved run's
+};
+ResumeDifferences resume_differences(const nlohmann::json& saved, const TrainOptions& options);
 
 }  // namespace fsdp::launch

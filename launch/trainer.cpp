@@ -114,7 +114,7 @@ class Training {
       const double loss = train_step(step);
       losses_.push_back(loss);
       if (step % options_.log_interval == 0 || step == last_step || step == first_step) {
-        report_progress(step, first_step, loss, seconds_since(start));
+        report_progress(step, first_step, last_step, loss, seconds_since(start));
       }
       const bool last = step == last_step;
       if (!options_.checkpoint_dir.empty() &&
@@ -167,6 +167,8 @@ class Training {
           checkpoint::load_checkpoint(options_.checkpoint_dir, stages, optimizer_.get());
       say("resumed from " + index.directory.string() + " at step " + std::to_string(index.step) +
           " (saved by " + std::to_string(index.world_size) + " rank(s))");
+      const auto note = resume_differences(index.training_config, options_).schedule_note;
+      if (!note.empty()) say("note: " + note);
       return index.step;
     }
     if (!options_.init_from_hf.empty()) {
@@ -217,7 +219,8 @@ class Training {
     return loss[0];
   }
 
-  void report_progress(std::int64_t step, std::int64_t first_step, double loss, double seconds) {
+  void report_progress(std::int64_t step, std::int64_t first_step, std::int64_t last_step,
+                       double loss, double seconds) {
     const double steps_done = static_cast<double>(step - first_step + 1);
     const double per_step = seconds / steps_done;
     const double tokens_per_second =
@@ -227,7 +230,7 @@ class Training {
         format("%.6f", loss) + "  lr " + format("%.2e", schedule_.at(step)) + "  grad norm " +
         format("%.3f", last_gradient_norm_) + "  " + format("%.0f", tokens_per_second) +
         " tokens/s  elapsed " + clock_time(seconds) + "  left " +
-        clock_time(per_step * static_cast<double>(options_.steps - step)));
+        clock_time(per_step * static_cast<double>(last_step - step)));
   }
 
   void save(std::int64_t step) {
@@ -330,13 +333,18 @@ void preflight_training(const TrainOptions& options) {
   }
   if (options.resume) {
     const auto index = checkpoint::read_checkpoint_index(options.checkpoint_dir);
-    const auto differences = model_differences(index.training_config, options.model);
-    if (!differences.empty()) {
+    const auto differences = resume_differences(index.training_config, options);
+    if (!differences.refused.empty()) {
       std::string listed;
-      for (const auto& difference : differences) listed += "\n  " + difference;
+      for (const auto& difference : differences.refused) listed += "\n  " + difference;
       throw std::runtime_error("--resume: the checkpoint in " + index.directory.string() +
-                               " holds another model:" + listed +
-                               "\n(give the same --model and sizes as the run that saved it)");
+                               " was saved by a run with other settings:" + listed +
+                               "\n(resume with the settings of the run that saved it)");
+    }
+    if (options.stop_after > 0 && options.stop_after <= index.step) {
+      throw std::runtime_error("--stop-after " + std::to_string(options.stop_after) +
+                               ": the checkpoint in " + index.directory.string() +
+                               " is already at step " + std::to_string(index.step));
     }
   }
 }

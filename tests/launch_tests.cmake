@@ -52,6 +52,14 @@ fsdp_add_program_test(train_bad_option EXIT 2 COMMAND ${FSDP_MPIRUN} -np 3 ${tra
 fsdp_add_program_test(train_batch_does_not_split EXIT 2
                       COMMAND ${FSDP_MPIRUN} -np 4 ${train} --batch 30
                       ONCE "--batch 30 \\(the global batch must split evenly: 4 ranks x 1 micro-batches do not divide it\\)")
+fsdp_add_program_test(train_nan_learning_rate EXIT 2 COMMAND ${FSDP_MPIRUN} -np 2 ${train} --min-lr nan
+                      ONCE "--min-lr nan \\(expected a finite number between 0 and --lr\\)")
+fsdp_add_program_test(train_huge_micro_batches EXIT 2
+                      COMMAND ${FSDP_MPIRUN} -np 4 ${train} --micro-batches 4611686018427387904
+                      ONCE "--batch 24 \\(the global batch must split evenly")
+fsdp_add_program_test(train_stop_after_without_checkpoint EXIT 2
+                      COMMAND ${FSDP_MPIRUN} -np 2 ${train} --stop-after 5 --no-checkpoint
+                      ONCE "--stop-after saves a checkpoint to resume from")
 fsdp_add_program_test(train_unknown_parameter EXIT 2
                       COMMAND ${FSDP_MPIRUN} -np 2 ${train} --inspect decoder.9.weight
                       ONCE "--inspect decoder.9.weight: the model has no such parameter")

@@ -9,7 +9,9 @@ fail() { echo "FAIL: $*"; exit 1; }
 run() {  # run LOG COMMAND...: prints the command, keeps its output in LOG
   local log=$1; shift
   echo "+ $*"
-  "$@" > "$log" 2>&1 || { cat "$log"; fail "exit status $? from: $*"; }
+  local status=0
+  "$@" > "$log" 2>&1 || status=$?
+  [ "$status" -eq 0 ] || { cat "$log"; fail "exit status $status from: $*"; }
 }
 expect() {  # expect LOG REGEX
   grep -Eq -- "$2" "$1" || { cat "$1"; fail "$1 lacks: $2"; }
@@ -36,17 +38,29 @@ run json.log "$inspect" fsdp-train-checkpoint --filter '*experts*' --json
 expect json.log "gate_up_proj"
 if grep -q '"embedding.weight"' json.log; then fail "--filter '*experts*' kept embedding.weight"; fi
 
-# 4. Resume at another world size.
-run resume.log "$mpirun" -np 2 "$train" --steps 30 --resume
-expect resume.log "resumed from .*fsdp-train-checkpoint at step 20 \(saved by 4 rank\(s\)\)"
+# 4. Stop and resume at another world size.
+run stop.log "$mpirun" -np 4 "$train" --steps 30 --checkpoint-dir run --stop-after 15
+expect stop.log "saved checkpoint at step 15 to run"
+expect stop.log "^done: steps 1-15 "
+run resume.log "$mpirun" -np 2 "$train" --steps 30 --checkpoint-dir run --resume
+expect resume.log "resumed from .*run at step 15 \(saved by 4 rank\(s\)\)"
 expect resume.log "^step 30/30  loss "
+# ... refused with other settings, allowed (and said) with more steps.
+if "$mpirun" -np 2 "$train" --steps 30 --checkpoint-dir run --resume --lr 1e-3 > refused.log 2>&1; then
+  fail "--resume with another --lr was accepted"
+fi
+expect refused.log "learning_rate: 0.003 in the checkpoint, 0.001 here"
+cp -r run run-longer
+run longer.log "$mpirun" -np 2 "$train" --steps 32 --checkpoint-dir run-longer --resume
+expect longer.log "note: the learning-rate schedule now spans 32 steps"
 
 # 5. Export, and check the export against the checkpoint.
-run export.log "$mpirun" -np 4 "$train" --steps 30 --resume --export-hf hf-model
+run export.log "$mpirun" -np 4 "$train" --steps 30 --checkpoint-dir run --resume --export-hf hf-model
 expect export.log "nothing to train"
 expect export.log "exported the model in the HF layout to hf-model"
 [ -f hf-model/model.safetensors ] || [ -f hf-model/model.safetensors.index.json ] || fail "no HF files"
-run diff-hf.log "$inspect" fsdp-train-checkpoint --diff hf-model
+run diff-hf.log "$inspect" run --diff hf-model
+expect diff-hf.log "^0 of 31 parameters differ beyond tol 0"
 
 # 6. Start from the HF directory; inspect it.
 run from-hf.log "$mpirun" -np 3 "$train" --init-from-hf hf-model --checkpoint-dir from-hf --steps 5
