@@ -30,7 +30,11 @@ at::Tensor read_hf_parameter(const ParameterPlan& plan, const ParameterSlot& slo
     }
     const auto& file = *piece.source.file;
     const auto& entry = *piece.source.entry;
-    if (entry.numel() != piece.numel || piece.run <= 0 || piece.numel % piece.run != 0) {
+    // A stride shorter than a run would make runs overlap (and as_strided
+    // would write through them silently); a transpose needs two dimensions.
+    if (entry.numel() != piece.numel || piece.run <= 0 || piece.numel % piece.run != 0 ||
+        (piece.numel > piece.run && piece.destination_stride < piece.run) ||
+        (piece.transposed && entry.shape.size() < 2)) {
       throw CheckpointError(file.path() + ": tensor \"" + piece.key + "\" " +
                             format_shape(entry.shape) + " does not fit its place in \"" +
                             slot.name + "\"");
@@ -38,7 +42,12 @@ at::Tensor read_hf_parameter(const ParameterPlan& plan, const ParameterSlot& slo
     std::unique_ptr<char[]> bytes(new char[static_cast<std::size_t>(entry.bytes())]);
     file.read_tensor_bytes(entry, 0, bytes.get(), entry.bytes());
     auto stored = at::empty(entry.shape, at::TensorOptions().dtype(type));
-    convert_elements(bytes.get(), entry.dtype, stored.data_ptr(), type, piece.numel);
+    try {
+      convert_elements(bytes.get(), entry.dtype, stored.data_ptr(), type, piece.numel);
+    } catch (const std::exception& error) {
+      throw CheckpointError(file.path() + ": tensor \"" + piece.key + "\" for \"" + slot.name +
+                            "\": " + error.what());
+    }
     bytes.reset();
     // Block order: the stored tensor, or its transpose over the last two dimensions.
     const auto block = piece.transposed ? stored.transpose(-2, -1).contiguous().reshape({-1})

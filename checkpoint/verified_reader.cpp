@@ -24,7 +24,7 @@ VerifiedReader::VerifiedReader(const std::filesystem::path& path, FileRecord rec
 }
 
 void VerifiedReader::read(std::int64_t offset, char* destination, std::int64_t bytes) {
-  if (offset < 0 || bytes < 0 || offset + bytes > record_.bytes) {
+  if (offset < 0 || bytes < 0 || offset > record_.bytes || bytes > record_.bytes - offset) {
     throw CheckpointError(file_.path() + ": bytes [" + std::to_string(offset) + ", " +
                           std::to_string(offset + bytes) + ") lie outside the file's " +
                           std::to_string(record_.bytes) + " bytes");

@@ -336,6 +336,14 @@ TEST(ShardInspect, SameWeightsAtAnotherWorldSizeDiffExactlyZero) {
   EXPECT_TRUE(contains(
       cli.out, "0 of " + std::to_string(saved.truth.size()) + " parameters differ beyond tol 0"))
       << cli.out;
+  // A filter that selects nothing is a usage error, not a passing diff (or an empty table).
+  const auto typo = shard_inspect({saved.path.string(), "--diff",
+                                   (saved.directory / "other").string(), "--filter", "decoder.9*"});
+  EXPECT_EQ(typo.status, 2);
+  EXPECT_TRUE(contains(typo.err, "matched no parameter")) << typo.err;
+  const auto empty_table = shard_inspect({saved.path.string(), "--regex", "^nothing$"});
+  EXPECT_EQ(empty_table.status, 2);
+  EXPECT_TRUE(contains(empty_table.err, "matched none of the")) << empty_table.err;
 }
 
 TEST(ShardInspect, OneChangedWeightIsTheOneDifference) {
@@ -645,6 +653,9 @@ TEST(ShardInspectParts, SlicesResolveAsNumpyDoes) {
   EXPECT_THROW(resolve_slice(parse_slice("0,0"), {5}), inspect::UsageError);
   EXPECT_THROW(parse_slice("::0"), inspect::UsageError);
   EXPECT_THROW(parse_slice("1:2:3:4"), inspect::UsageError);
+  // A step so large that index + step overflows: one index, no wrap-around.
+  EXPECT_EQ(resolve_slice(parse_slice("1::9223372036854775807"), {10}).indices[0],
+            (std::vector<std::int64_t>{1}));
   EXPECT_TRUE(inspect::glob_match("decoder.*.weight", "decoder.1.mlp.down.weight"));
   EXPECT_TRUE(inspect::glob_match("decoder.?.mlp*", "decoder.1.mlp.down.weight"));
   EXPECT_FALSE(inspect::glob_match("decoder.*", "embedding.weight"));

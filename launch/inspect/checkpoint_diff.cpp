@@ -119,8 +119,10 @@ DiffReport diff_with_hf(TensorSource& distributed, TensorSource& hf, bool distri
                            std::string(element_type_name(slot.dtype)),
                            hf.path()};
       auto row = distributed_first ? row_for(&info, &assembled) : row_for(&assembled, &info);
+      // Converted straight to the shard dtype, as an import would write it
+      // (through the declared dtype, a bf16-declared parameter would round twice).
       const auto values =
-          checkpoint::read_hf_parameter(plans.at(slot.name), slot, scalar_type_of(slot.dtype))
+          checkpoint::read_hf_parameter(plans.at(slot.name), slot, reader.shard_type(s))
               .reshape({-1});
       DifferenceAccumulator accumulator(options.tolerance);
       for_each_chunk(distributed, index, options.chunk_elements,

@@ -142,6 +142,10 @@ int run(const std::vector<std::string>& arguments, std::ostream& out) {
     throw UsageError(
         "--filter and --regex apply to the table and --diff, not to --param or --where");
   }
+  if (values.count("where") && values["state"].as<std::string>() != "weights") {
+    // Every saved array of a stage is laid out alike; --where shows the weights' file offsets.
+    throw UsageError("--where shows where the weights live; leave out --state");
+  }
   const double tolerance = values["tol"].as<double>();
   if (!(tolerance >= 0)) throw UsageError("--tol must be a non-negative number");
   const auto max_values = values["max-values"].as<std::int64_t>();
@@ -183,6 +187,10 @@ int run(const std::vector<std::string>& arguments, std::ostream& out) {
     options.tolerance = tolerance;
     options.filter = filter;
     const auto report = diff_sources(*source, *other, options);
+    // A filter that selects nothing would "pass" any diff: a typo must not.
+    if (report.rows.empty() && !filter.matches_everything()) {
+      throw UsageError("--filter/--regex matched no parameter of either side");
+    }
     if (json) {
       print_json(out, diff_json(report));
     } else {
@@ -191,6 +199,10 @@ int run(const std::vector<std::string>& arguments, std::ostream& out) {
     return report.differing() > 0 ? kExitDifferences : kExitOk;
   }
   const auto table = statistics_table(*source, filter);
+  if (table.rows.empty() && table.tensors > 0 && !filter.matches_everything()) {
+    throw UsageError("--filter/--regex matched none of the " + std::to_string(table.tensors) +
+                     " tensors in " + paths.front());
+  }
   if (json) {
     print_json(out, table_json(table));
   } else {

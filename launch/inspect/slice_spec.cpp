@@ -114,7 +114,11 @@ Selection resolve_slice(const SliceSpec& spec, const std::vector<std::int64_t>& 
         return std::min(std::max<std::int64_t>(resolved, 0), size);
       };
       const std::int64_t start = bound(slice.start, 0), stop = bound(slice.stop, size);
-      for (std::int64_t i = start; i < stop; i += slice.step) list.push_back(i);
+      for (std::int64_t i = start; i < stop; i += slice.step) {
+        list.push_back(i);
+        if (slice.step >= stop - i)
+          break;  // the next index is past stop (and i + step may overflow)
+      }
     }
     selection.indices.push_back(std::move(list));
     selection.kept.push_back(kept);
