@@ -4,7 +4,8 @@
 add_library(fsdp_inspect launch/inspect/command_line.cpp launch/inspect/tensor_source.cpp
                          launch/inspect/name_filter.cpp launch/inspect/slice_spec.cpp
                          launch/inspect/statistics_table.cpp launch/inspect/parameter_values.cpp
-                         launch/inspect/placements_view.cpp launch/inspect/checkpoint_diff.cpp)
+                         launch/inspect/placements_view.cpp launch/inspect/checkpoint_diff.cpp
+                         launch/inspect/text_table.cpp)
 target_link_libraries(fsdp_inspect PUBLIC fsdp_checkpoint fsdp_models Boost::program_options
                                           nlohmann_json::nlohmann_json)
 

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <mpi.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -16,6 +17,7 @@
 #include "checkpoint/hf_checkpoint.h"
 #include "checkpoint/safetensors_file.h"
 #include "fsdp/inspector.h"
+#include "fsdp/mpi_process_group.h"
 #include "fsdp/torch_interop.h"
 #include "models/llama.h"
 #include "stages/multi_stage_model.h"
@@ -53,6 +55,19 @@ class SharedDirectory {
   ProcessGroup& group_;
   fs::path path_;
 };
+
+// The first `ranks` ranks of the job as a group of their own (null on the
+// others): a second world size inside one mpirun. Collective over MPI_COMM_WORLD.
+inline std::shared_ptr<ProcessGroup> first_ranks(int ranks) {
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm communicator = MPI_COMM_NULL;
+  MPI_Comm_split(MPI_COMM_WORLD, rank < ranks ? 0 : MPI_UNDEFINED, rank, &communicator);
+  if (communicator == MPI_COMM_NULL) return nullptr;
+  auto group = std::make_shared<MpiProcessGroup>(communicator, std::chrono::seconds(60));
+  MPI_Comm_free(&communicator);  // the group holds its own duplicate
+  return group;
+}
 
 inline models::LlamaConfig small_llama(std::int64_t experts = 0, bool tied = false,
                                        bool stacked = false, std::int64_t layers = 2) {

@@ -65,18 +65,6 @@ std::vector<at::Tensor> flat_state(Trained& trained) {
   return state;
 }
 
-// The first `ranks` ranks of the job as a group of their own (null on the others).
-std::shared_ptr<ProcessGroup> first_ranks(int ranks) {
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  MPI_Comm communicator = MPI_COMM_NULL;
-  MPI_Comm_split(MPI_COMM_WORLD, rank < ranks ? 0 : MPI_UNDEFINED, rank, &communicator);
-  if (communicator == MPI_COMM_NULL) return nullptr;
-  auto group = std::make_shared<MpiProcessGroup>(communicator, std::chrono::seconds(60));
-  MPI_Comm_free(&communicator);  // the group holds its own duplicate
-  return group;
-}
-
 checkpoint::SaveOptions save_options(std::int64_t step) {
   checkpoint::SaveOptions options;
   options.step = step;

@@ -13,6 +13,7 @@
 #include "checkpoint/hf_parameter_reader.h"
 #include "fsdp/torch_interop.h"
 #include "launch/inspect/json_number.h"
+#include "launch/inspect/text_table.h"
 #include "models/llama_config_json.h"
 #include "models/llama_conversion.h"
 
@@ -235,21 +236,9 @@ std::string diff_text(const DiffReport& report) {
          compared ? number_text(row.max_relative_difference) : "-",
          compared ? std::to_string(row.elements_beyond_tolerance) : "-", result});
   }
-  std::vector<std::size_t> widths(cells.front().size(), 0);
-  for (const auto& line : cells) {
-    for (std::size_t c = 0; c < line.size(); ++c) widths[c] = std::max(widths[c], line[c].size());
-  }
-  for (const auto& line : cells) {
-    std::string text;
-    for (std::size_t c = 0; c < line.size(); ++c) {
-      const std::string padding(widths[c] - line[c].size(), ' ');
-      const bool left = c < 2 || c + 1 == line.size();
-      text += left ? line[c] + padding : padding + line[c];
-      if (c + 1 < line.size()) text += "  ";
-    }
-    while (!text.empty() && text.back() == ' ') text.pop_back();
-    out << text << "\n";
-  }
+  const std::size_t columns = cells.front().size();
+  // Name and shape left-aligned, and the verdict; the numbers right-aligned.
+  out << render_text_table(cells, [columns](std::size_t c) { return c < 2 || c + 1 == columns; });
   out << summary_text(report) << "\n";
   return out.str();
 }

@@ -6,6 +6,7 @@
 
 #include "checkpoint/safetensors_format.h"
 #include "launch/inspect/json_number.h"
+#include "launch/inspect/text_table.h"
 
 namespace fsdp::inspect {
 namespace {
@@ -91,21 +92,8 @@ std::string table_text(const StatisticsTable& table) {
                      number_text(s.max), number_text(s.abs_max), std::to_string(s.nonzero_count),
                      std::to_string(s.nan_count), std::to_string(s.inf_count)});
   }
-  std::vector<std::size_t> widths(cells.front().size(), 0);
-  for (const auto& line : cells) {
-    for (std::size_t c = 0; c < line.size(); ++c) widths[c] = std::max(widths[c], line[c].size());
-  }
-  for (const auto& line : cells) {
-    std::string text;
-    for (std::size_t c = 0; c < line.size(); ++c) {
-      // Names, shapes, dtypes and groups left-aligned; numbers right-aligned.
-      const std::string padding(widths[c] - line[c].size(), ' ');
-      text += c < 4 ? line[c] + padding : padding + line[c];
-      if (c + 1 < line.size()) text += "  ";
-    }
-    while (!text.empty() && text.back() == ' ') text.pop_back();
-    out << text << "\n";
-  }
+  // Names, shapes, dtypes and groups left-aligned; numbers right-aligned.
+  out << render_text_table(cells, [](std::size_t c) { return c < 4; });
   for (const auto& row : table.rows) {
     for (const auto& warning : row.warnings) {
       out << "WARNING: " << row.tensor.name << " " << checkpoint::format_shape(row.tensor.shape)
