@@ -3,6 +3,7 @@
 # as README says and print what README promises.
 # Usage: readme_walkthrough.sh MPIRUN FSDP_TRAIN SHARD_INSPECT FSDP_BENCH PYTHON WORK_DIR
 set -euo pipefail
+[ $# -eq 6 ] || { echo "usage: $0 MPIRUN FSDP_TRAIN SHARD_INSPECT FSDP_BENCH PYTHON WORK_DIR (got $# arguments)"; exit 2; }
 mpirun=$1 train=$2 inspect=$3 bench=$4 python=$5 work=$6
 rm -rf "$work" && mkdir -p "$work" && cd "$work"
 fail() { echo "FAIL: $*"; exit 1; }

@@ -8,6 +8,7 @@
 #      small tolerance (shard-inspect --diff, which exits 1 beyond --tol).
 # Usage: train_consistency.sh MPIRUN FSDP_TRAIN SHARD_INSPECT WORK_DIR
 set -euo pipefail
+[ $# -eq 4 ] || { echo "usage: $0 MPIRUN FSDP_TRAIN SHARD_INSPECT WORK_DIR (got $# arguments)"; exit 2; }
 mpirun=$1 train=$2 inspect=$3 work=$4
 rm -rf "$work" && mkdir -p "$work" && cd "$work"
 common=(--steps 16 --log-interval 1 --checkpoint-interval 8)
