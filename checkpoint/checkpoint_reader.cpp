@@ -44,20 +44,6 @@ std::size_t edit_distance(std::string_view a, std::string_view b) {
 
 }  // namespace
 
-std::string_view shard_array_name(ShardArray array) {
-  switch (array) {
-    case ShardArray::kWeights:
-      return "weight_shard";
-    case ShardArray::kGradients:
-      return "gradient_shard";
-    case ShardArray::kExpAvg:
-      return "exp_avg";
-    case ShardArray::kExpAvgSq:
-      return "exp_avg_sq";
-  }
-  return "?";
-}
-
 std::vector<std::string> close_names(std::string_view name,
                                      const std::vector<std::string>& candidates,
                                      std::size_t count) {
@@ -202,7 +188,7 @@ VerifiedReader& CheckpointReader::reader(int rank) {
 const TensorEntry& CheckpointReader::shard_entry(int rank, std::size_t stage, ShardArray array) {
   const auto& record = index_.stages.at(stage);
   const auto& file = reader(rank).file();
-  const std::string name = record.name + "/" + std::string(shard_array_name(array));
+  const std::string name = shard_tensor_name(record.name, array);
   const auto& entry = file.tensor(name);
   const auto expected_dtype = safetensors_dtype_of(shard_type(stage));
   if (entry.shape != std::vector<std::int64_t>{record.shard_numel} ||

@@ -27,16 +27,6 @@
 
 namespace fsdp::checkpoint {
 
-// Which of the per-stage arrays a checkpoint holds is read.
-enum class ShardArray {
-  kWeights,    // "<stage>/weight_shard" (always present)
-  kGradients,  // "<stage>/gradient_shard" (saved with SaveOptions::gradients)
-  kExpAvg,     // "<stage>/exp_avg" (saved with an optimizer)
-  kExpAvgSq,   // "<stage>/exp_avg_sq" (saved with an optimizer)
-};
-// "weight_shard", "gradient_shard", "exp_avg", "exp_avg_sq": the tensor name's suffix.
-std::string_view shard_array_name(ShardArray array);
-
 // A parameter of the checkpoint: its stage and its index in the stage.
 struct ParameterLocation {
   std::size_t stage = 0;

@@ -25,13 +25,6 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-constexpr const char* kWeightShard = "weight_shard";
-constexpr const char* kGradientShard = "gradient_shard";
-constexpr const char* kExpAvg = "exp_avg";
-constexpr const char* kExpAvgSq = "exp_avg_sq";
-
-std::string tensor_name(const std::string& stage, const char* what) { return stage + "/" + what; }
-
 fs::path staging_path(const fs::path& directory) { return directory.string() + ".partial"; }
 fs::path previous_path(const fs::path& directory) { return directory.string() + ".previous"; }
 
@@ -91,12 +84,13 @@ std::vector<std::pair<std::string, at::Tensor>> shards_to_save(
   std::vector<std::pair<std::string, at::Tensor>> shards;
   for (std::size_t s = 0; s < stages.size(); ++s) {
     const auto& name = stages[s]->stage_name();
-    shards.emplace_back(tensor_name(name, kWeightShard), stages[s]->weight_shard());
+    shards.emplace_back(shard_tensor_name(name, ShardArray::kWeights), stages[s]->weight_shard());
     if (gradients)
-      shards.emplace_back(tensor_name(name, kGradientShard), stages[s]->gradient_shard());
+      shards.emplace_back(shard_tensor_name(name, ShardArray::kGradients),
+                          stages[s]->gradient_shard());
     if (optimizer != nullptr) {
-      shards.emplace_back(tensor_name(name, kExpAvg), optimizer->exp_avg(s));
-      shards.emplace_back(tensor_name(name, kExpAvgSq), optimizer->exp_avg_sq(s));
+      shards.emplace_back(shard_tensor_name(name, ShardArray::kExpAvg), optimizer->exp_avg(s));
+      shards.emplace_back(shard_tensor_name(name, ShardArray::kExpAvgSq), optimizer->exp_avg_sq(s));
     }
   }
   return shards;
@@ -296,7 +290,7 @@ void check_layout(const CheckpointIndex& index, const std::vector<Fsdp*>& stages
 
 // Copies the overlap of the old shards of `what` into this rank's new shard `destination`.
 void load_shards(const CheckpointIndex& index, std::size_t stage_index, const Fsdp& stage,
-                 const char* what, const at::Tensor& destination,
+                 ShardArray what, const at::Tensor& destination,
                  std::vector<std::unique_ptr<VerifiedReader>>& readers, std::int64_t chunk_bytes,
                  LoadVerification* verification) {
   const auto& record = index.stages[stage_index];
@@ -315,7 +309,7 @@ void load_shards(const CheckpointIndex& index, std::size_t stage_index, const Fs
       reader = std::make_unique<VerifiedReader>(index.directory / index.files[old_rank].name,
                                                 index.files[old_rank], chunk_bytes);
     }
-    const auto name = tensor_name(record.name, what);
+    const auto name = shard_tensor_name(record.name, what);
     const auto& entry = reader->file().tensor(name);
     if (entry.shape != std::vector<std::int64_t>{record.shard_numel} ||
         dtype_size(entry.dtype) != element_bytes) {
@@ -352,6 +346,24 @@ void load_shards(const CheckpointIndex& index, std::size_t stage_index, const Fs
 }
 
 }  // namespace
+
+std::string_view shard_array_name(ShardArray array) {
+  switch (array) {
+    case ShardArray::kWeights:
+      return "weight_shard";
+    case ShardArray::kGradients:
+      return "gradient_shard";
+    case ShardArray::kExpAvg:
+      return "exp_avg";
+    case ShardArray::kExpAvgSq:
+      return "exp_avg_sq";
+  }
+  return "?";
+}
+
+std::string shard_tensor_name(const std::string& stage, ShardArray array) {
+  return stage + "/" + std::string(shard_array_name(array));
+}
 
 std::string rank_file_name(int rank, int world_size) {
   char name[64];
@@ -461,19 +473,19 @@ CheckpointIndex load_checkpoint(const fs::path& directory, const std::vector<Fsd
       std::vector<std::unique_ptr<VerifiedReader>> readers(index.world_size);
       for (std::size_t s = 0; s < stages.size(); ++s) {
         auto* stage = stages[s];
-        load_shards(index, s, *stage, kWeightShard, stage->weight_shard(), readers,
+        load_shards(index, s, *stage, ShardArray::kWeights, stage->weight_shard(), readers,
                     options.chunk_bytes, verification.get());
         if (options.gradients) {
           stage->gradient_shard().zero_();
-          load_shards(index, s, *stage, kGradientShard, stage->gradient_shard(), readers,
+          load_shards(index, s, *stage, ShardArray::kGradients, stage->gradient_shard(), readers,
                       options.chunk_bytes, nullptr);
         }
         if (optimizer != nullptr) {
           optimizer->exp_avg(s).zero_();
           optimizer->exp_avg_sq(s).zero_();
-          load_shards(index, s, *stage, kExpAvg, optimizer->exp_avg(s), readers,
+          load_shards(index, s, *stage, ShardArray::kExpAvg, optimizer->exp_avg(s), readers,
                       options.chunk_bytes, nullptr);
-          load_shards(index, s, *stage, kExpAvgSq, optimizer->exp_avg_sq(s), readers,
+          load_shards(index, s, *stage, ShardArray::kExpAvgSq, optimizer->exp_avg_sq(s), readers,
                       options.chunk_bytes, nullptr);
         }
       }

@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "fsdp/fsdp.h"
@@ -44,6 +45,18 @@ inline constexpr const char* kCheckpointIndexFileName = "index.json";
 
 // "rank-00001-of-00004.safetensors"
 std::string rank_file_name(int rank, int world_size);
+
+// The per-stage arrays a rank file holds, each a tensor "<stage>/<name>".
+enum class ShardArray {
+  kWeights,    // "<stage>/weight_shard" (always present)
+  kGradients,  // "<stage>/gradient_shard" (saved with SaveOptions::gradients)
+  kExpAvg,     // "<stage>/exp_avg" (saved with an optimizer)
+  kExpAvgSq,   // "<stage>/exp_avg_sq" (saved with an optimizer)
+};
+// "weight_shard", "gradient_shard", "exp_avg", "exp_avg_sq".
+std::string_view shard_array_name(ShardArray array);
+// "<stage>/<shard_array_name>": the tensor's key in a rank file.
+std::string shard_tensor_name(const std::string& stage, ShardArray array);
 
 struct SaveOptions {
   std::int64_t step = 0;

@@ -96,21 +96,15 @@ void LoadVerification::verify_local(const std::string& source) const {
   }
 }
 
-std::int64_t LoadVerification::written_count(std::size_t stage_index,
-                                             std::size_t parameter_index) const {
-  std::int64_t count = 0;
-  for (const auto& write : written_[stage_index]) {
-    if (write.parameter_index == parameter_index) count += write.shard_range.size();
-  }
-  return count;
-}
-
 void LoadVerification::verify_global(const std::string& source) const {
   if (stages_.empty()) return;
+  // Every stage's per-parameter counts, one after the other, in one pass over the writes.
   std::vector<std::int64_t> all_counts;
   for (std::size_t s = 0; s < stages_.size(); ++s) {
-    for (std::size_t p = 0; p < stages_[s]->layout().parameters().size(); ++p) {
-      all_counts.push_back(written_count(s, p));
+    const std::size_t first = all_counts.size();
+    all_counts.resize(first + stages_[s]->layout().parameters().size(), 0);
+    for (const auto& write : written_[s]) {
+      all_counts[first + write.parameter_index] += write.shard_range.size();
     }
   }
   auto& group = stages_.front()->group();

@@ -58,8 +58,6 @@ class LoadVerification {
     std::size_t parameter_index;
     ElementRange shard_range;
   };
-  std::int64_t written_count(std::size_t stage_index, std::size_t parameter_index) const;
-
   std::vector<Fsdp*> stages_;
   std::vector<std::vector<Written>> written_;  // per stage, in the order written
 };

@@ -23,12 +23,6 @@ namespace {
 using checkpoint::CheckpointError;
 constexpr double kInfinity = std::numeric_limits<double>::infinity();
 
-std::string number_text(double value) {
-  char text[64];
-  std::snprintf(text, sizeof text, "%.6g", value);
-  return text;
-}
-
 DiffRow row_for(const TensorInfo* first, const TensorInfo* second) {
   DiffRow row;
   row.name = first ? first->name : second->name;
@@ -232,8 +226,8 @@ std::string diff_text(const DiffReport& report) {
         {row.name,
          checkpoint::format_shape(row.status == DiffStatus::kOnlyInSecond ? row.second_shape
                                                                           : row.first_shape),
-         compared ? number_text(row.max_abs_difference) : "-",
-         compared ? number_text(row.max_relative_difference) : "-",
+         compared ? format_number(row.max_abs_difference) : "-",
+         compared ? format_number(row.max_relative_difference) : "-",
          compared ? std::to_string(row.elements_beyond_tolerance) : "-", result});
   }
   const std::size_t columns = cells.front().size();

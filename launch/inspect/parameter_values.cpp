@@ -3,11 +3,11 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <sstream>
 
 #include "checkpoint/safetensors_format.h"
 #include "launch/inspect/json_number.h"
+#include "launch/inspect/text_table.h"
 
 namespace fsdp::inspect {
 namespace {
@@ -57,12 +57,6 @@ std::vector<double> read_selection(TensorSource& source, std::size_t index,
     }
     if (dims == 1) return values;
   }
-}
-
-std::string format_number(double value, int precision) {
-  char text[64];
-  std::snprintf(text, sizeof text, "%.*g", precision, value);
-  return text;
 }
 
 // Appends `values` (float64, contiguous) nested in brackets, torch-style.

@@ -1,7 +1,6 @@
 #include "launch/inspect/statistics_table.h"
 
 #include <algorithm>
-#include <cstdio>
 #include <sstream>
 
 #include "checkpoint/safetensors_format.h"
@@ -10,12 +9,6 @@
 
 namespace fsdp::inspect {
 namespace {
-
-std::string number_text(double value) {
-  char text[64];
-  std::snprintf(text, sizeof text, "%.6g", value);
-  return text;
-}
 
 std::string plural(std::int64_t count, const char* singular, const char* plural_form) {
   return std::to_string(count) + " " + (count == 1 ? singular : plural_form);
@@ -88,9 +81,10 @@ std::string table_text(const StatisticsTable& table) {
   for (const auto& row : table.rows) {
     const auto& s = row.statistics;
     cells.push_back({row.tensor.name, checkpoint::format_shape(row.tensor.shape), row.tensor.dtype,
-                     row.tensor.group, number_text(s.mean), number_text(s.std), number_text(s.min),
-                     number_text(s.max), number_text(s.abs_max), std::to_string(s.nonzero_count),
-                     std::to_string(s.nan_count), std::to_string(s.inf_count)});
+                     row.tensor.group, format_number(s.mean), format_number(s.std),
+                     format_number(s.min), format_number(s.max), format_number(s.abs_max),
+                     std::to_string(s.nonzero_count), std::to_string(s.nan_count),
+                     std::to_string(s.inf_count)});
   }
   // Names, shapes, dtypes and groups left-aligned; numbers right-aligned.
   out << render_text_table(cells, [](std::size_t c) { return c < 4; });

@@ -1,8 +1,15 @@
 #include "launch/inspect/text_table.h"
 
 #include <algorithm>
+#include <cstdio>
 
 namespace fsdp::inspect {
+
+std::string format_number(double value, int precision) {
+  char text[64];
+  std::snprintf(text, sizeof text, "%.*g", precision, value);
+  return text;
+}
 
 std::string render_text_table(const std::vector<std::vector<std::string>>& cells,
                               const std::function<bool(std::size_t column)>& left_aligned) {
