@@ -17,6 +17,7 @@
 #include "bench/collective_bench.h"
 #include "bench/load_bench.h"
 #include "bench/step_bench.h"
+#include "launch/cpu_compute.h"
 #include "launch/program.h"
 
 namespace po = boost::program_options;
@@ -132,7 +133,32 @@ void print_load(const fsdp::bench::LoadBenchOptions& options, const fsdp::bench:
       options.iterations, r.ranks);
 }
 
+// Which BLAS and how many threads: every compute figure depends on both, so
+// they head every report (a reference BLAS makes the step case 10x slower).
+void print_compute(const fsdp::launch::Runtime& runtime, bool json) {
+  const auto blas = fsdp::launch::find_blas();
+  const auto threads = fsdp::launch::current_compute_threads();
+  if (runtime.rank() != 0) return;
+  if (json) {
+    nlohmann::json line = {{"case", "environment"},
+                           {"blas", blas.name},
+                           {"blas_build", blas.build},
+                           {"blas_path", blas.path},
+                           {"blas_optimised", blas.optimised},
+                           {"openmp_threads", threads.openmp},
+                           {"blas_threads", threads.blas},
+                           {"ranks", runtime.world_size()}};
+    std::cout << line.dump() << std::endl;
+  } else {
+    std::printf("# %s\n# compute: %s\n", runtime.describe().c_str(),
+                fsdp::launch::describe_compute(blas).c_str());
+  }
+  std::cerr << fsdp::launch::reference_blas_warning(blas) << std::flush;
+}
+
 int run(fsdp::launch::Runtime& runtime, const po::variables_map& values) {
+  fsdp::launch::set_compute_threads(runtime.compute_threads());
+  print_compute(runtime, values.count("json") != 0);
   const std::string case_name = values["case"].as<std::string>();
   std::vector<std::string> cases;
   if (case_name == "all") {

@@ -2,7 +2,6 @@
 
 #include "bench/timing.h"
 
-#include <ATen/Parallel.h>
 #include <fcntl.h>
 #include <mpi.h>
 #include <unistd.h>
@@ -193,7 +192,6 @@ LoadBenchResult run_load_bench(launch::Runtime& runtime, const LoadBenchOptions&
     throw std::invalid_argument("load bench: iterations " + std::to_string(options.iterations) +
                                 " (expected at least 1)");
   }
-  at::set_num_threads(runtime.compute_threads());
   const MPI_Comm world = runtime.host_group()->communicator();
   const auto config = llama_config(options);
   const auto rules = models::llama_conversion_rules(config);

@@ -3,7 +3,6 @@
 #include "bench/timing.h"
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <mpi.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/optim/adamw.h>
@@ -68,7 +67,6 @@ StepBenchResult run_step_bench(launch::Runtime& runtime, const StepBenchOptions&
                                 " does not split over " + std::to_string(ranks) + " ranks");
   }
   const std::int64_t local_batch = options.batch / ranks;
-  at::set_num_threads(runtime.compute_threads());
   at::manual_seed(3);
   const at::Tensor tokens = at::randint(config.vocabulary, {options.batch, options.sequence + 1});
   const at::Tensor inputs = tokens.narrow(1, 0, options.sequence);

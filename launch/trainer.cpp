@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <iostream>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -18,6 +19,7 @@
 #include "checkpoint/hf_import.h"
 #include "fsdp/inspector.h"
 #include "fsdp/tensor_span.h"
+#include "launch/cpu_compute.h"
 #include "launch/synthetic_data.h"
 #include "models/llama_conversion.h"
 #include "stages/learning_rate_schedule.h"
@@ -140,6 +142,9 @@ class Training {
     for (const auto* stage : model_->stages()) parameters += stage->layout().unpadded_numel();
     const auto& m = options_.model;
     say("fsdp-train: " + runtime_.describe());
+    const BlasLibrary blas = find_blas();
+    say("compute: " + describe_compute(blas));
+    if (root_ && !blas.optimised) std::cerr << reference_blas_warning(blas) << std::flush;
     say("model: " + options_.preset + " preset, " + std::to_string(m.layers) + " layers, hidden " +
         std::to_string(m.hidden) + ", heads " + std::to_string(m.heads) +
         (m.experts > 0 ? ", " + std::to_string(m.experts) + " experts (top " +
@@ -350,7 +355,7 @@ void preflight_training(const TrainOptions& options) {
 }
 
 int run_training(Runtime& runtime, const TrainOptions& options, std::ostream& out) {
-  at::set_num_threads(runtime.compute_threads());
+  set_compute_threads(runtime.compute_threads());
   Training training(runtime, options, out);
   return training.run();
 }

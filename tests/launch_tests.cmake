@@ -83,7 +83,7 @@ fsdp_add_program_test(missing_peer_times_out EXIT nonzero TIMEOUT 60
 # bytes, ranks, ratio on every line). Timing itself is never asserted.
 fsdp_add_program_test(bench_json_smoke EXIT 0
                       COMMAND ${FSDP_MPIRUN} -np 2 $<TARGET_FILE:fsdp-bench> --sizes-mib 0.25,1 --iterations 2 --warmup 1 --json
-                      OUTPUT "\"case\":\"restore\".*\"ratio\":.*\"case\":\"reduce\""
+                      OUTPUT "\"blas_optimised\":true.*\"case\":\"restore\".*\"ratio\":.*\"case\":\"reduce\""
                       ONCE "\"bytes\":262144,\"case\":\"reduce\",\"dtype\":\"float32\".*\"ranks\":2")
 # The load case on a tiny generated checkpoint (a few MB), under its own
 # directory in the build tree: the same contract, plus its own figures.
