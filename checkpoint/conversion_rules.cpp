@@ -166,7 +166,9 @@ Attempt plan_parameter(const ParameterSlot& slot, const ConversionRule& rule,
         }
       } else {
         std::vector<std::int64_t> shape = rule.reshapes() ? rule.stored_shape : block;
-        if (!rule.reshapes()) {
+        if (!rule.reshapes() && !rule.concat_sizes.empty()) {
+          shape[dim] = rule.concat_sizes.at(source_index);
+        } else if (!rule.reshapes()) {
           const auto count = static_cast<std::int64_t>(rule.sources.size());
           if (block[dim] % count != 0) {
             throw CheckpointError(where + ": cannot split dimension " + std::to_string(dim) +
@@ -198,6 +200,14 @@ Attempt plan_parameter(const ParameterSlot& slot, const ConversionRule& rule,
         bool fits = in_block.size() == block.size();
         for (std::size_t d = 0; fits && d < block.size(); ++d) {
           fits = static_cast<int>(d) == dim || in_block[d] == block[d];
+        }
+        const bool sized = rule.concat_sizes.empty() || in_block.size() != block.size() ||
+                           in_block[dim] == rule.concat_sizes.at(source_index);
+        if (fits && !sized) {
+          throw CheckpointError("tensor \"" + piece.key + "\" has shape " +
+                                format_shape(piece.shape) + ", but " + where + " needs " +
+                                std::to_string(rule.concat_sizes.at(source_index)) +
+                                " along dimension " + std::to_string(dim) + " from it");
         }
         if (!fits) {
           throw CheckpointError(
@@ -287,13 +297,23 @@ ConversionRule ConversionRule::reshaped(std::string parameter, std::string key,
 
 ConversionRule ConversionRule::concatenate(std::string parameter, std::vector<std::string> keys,
                                            int dim) {
-  ConversionRule rule{std::move(parameter), {}, {}, dim, {}};
+  ConversionRule rule{std::move(parameter), {}, {}, dim, {}, {}};
   for (auto& key : keys) rule.sources.push_back({std::move(key), false});
   return rule;
 }
 
 ConversionRule& ConversionRule::stack_over(std::string placeholder) {
   stacked.push_back(std::move(placeholder));
+  return *this;
+}
+
+ConversionRule& ConversionRule::sized(std::vector<std::int64_t> sizes) {
+  if (sizes.size() != sources.size()) {
+    throw std::invalid_argument("conversion rule for \"" + parameter +
+                                "\": " + std::to_string(sizes.size()) + " concat sizes for " +
+                                std::to_string(sources.size()) + " sources");
+  }
+  concat_sizes = std::move(sizes);
   return *this;
 }
 

@@ -55,6 +55,10 @@ struct ConversionRule {
   // Reshape: one source stored in this shape (with the block's element count);
   // empty for none. Row-major order is kept, so loading is a plain copy.
   std::vector<std::int64_t> stored_shape;
+  // Each source's extent along concat_dim, when they differ (grouped-query
+  // attention: q has more rows than k and v); empty: equal parts. Export
+  // needs it to split the block; import checks every source against it.
+  std::vector<std::int64_t> concat_sizes;
 
   // Builders for the common cases.
   static ConversionRule rename(std::string parameter, std::string key);
@@ -63,8 +67,9 @@ struct ConversionRule {
   static ConversionRule reshaped(std::string parameter, std::string key,
                                  std::vector<std::int64_t> stored_shape);
   bool reshapes() const { return !stored_shape.empty(); }
-  ConversionRule& stack_over(std::string placeholder);  // appends an inner stacked placeholder
-  ConversionRule& transposed();                         // every source is stored transposed
+  ConversionRule& stack_over(std::string placeholder);     // appends an inner stacked placeholder
+  ConversionRule& transposed();                            // every source is stored transposed
+  ConversionRule& sized(std::vector<std::int64_t> sizes);  // sets concat_sizes
 };
 
 struct ConversionRules {

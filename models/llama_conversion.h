@@ -18,6 +18,11 @@
 //   lm_head.weight                                    -> head.weight (absent when tied; a tied
 //                                                        checkpoint that ships it anyway is
 //                                                        accepted)
+// Optional pieces follow the config: q/k/v biases -> attention.qkv.bias (concat),
+// o_proj.bias -> attention.dense.bias, self_attn.{q,k}_norm.weight ->
+// attention.{q,k}_norm.weight, MLP biases -> mlp.gate_up.bias / mlp.down.bias.
+// Mixtral's experts are block_sparse_moe.experts.{e}.{w1 (gate), w3 (up),
+// w2 (down)} and its router block_sparse_moe.gate.
 // With stacked_layers, the runtime names lose ".{l}" and gain a leading [L]
 // dimension stacked over {layer}. Export writes experts per expert (the
 // on-disk layout of transformers 5); `rotary_emb.inv_freq` buffers that old

@@ -1,0 +1,93 @@
+#include "models/hf_model_io.h"
+
+#include <fstream>
+#include <stdexcept>
+
+#include "checkpoint/conversion_rules.h"
+#include "checkpoint/hf_checkpoint.h"
+#include "checkpoint/hf_export.h"
+#include "fsdp/collective_errors.h"
+#include "models/hf_config.h"
+#include "models/llama_conversion.h"
+
+namespace fsdp::models {
+namespace {
+
+namespace fs = std::filesystem;
+using checkpoint::SafetensorsDtype;
+
+const std::pair<const char*, SafetensorsDtype> kExportDtypes[] = {
+    {"bfloat16", SafetensorsDtype::kBFloat16},
+    {"float16", SafetensorsDtype::kFloat16},
+    {"float32", SafetensorsDtype::kFloat32}};
+
+// What transformers keeps beside the weights and we pass through unchanged.
+bool is_companion_file(const fs::path& file) {
+  const std::string name = file.filename().string();
+  return name == "generation_config.json" || name == "tokenizer.json" ||
+         name == "tokenizer_config.json" || name == "special_tokens_map.json" ||
+         name == "tokenizer.model" || name == "vocab.json" || name == "merges.txt" ||
+         name == "added_tokens.json" || name == "chat_template.jinja";
+}
+
+}  // namespace
+
+SafetensorsDtype export_dtype_from_name(const std::string& name) {
+  for (const auto& [spelling, dtype] : kExportDtypes) {
+    if (name == spelling) return dtype;
+  }
+  throw std::invalid_argument("export dtype \"" + name +
+                              "\" (expected bfloat16, float16 or float32)");
+}
+
+std::string export_dtype_name(SafetensorsDtype dtype) {
+  for (const auto& [spelling, candidate] : kExportDtypes) {
+    if (candidate == dtype) return spelling;
+  }
+  throw std::invalid_argument("export dtype " + std::string(checkpoint::dtype_name(dtype)) +
+                              " (expected BF16, F16 or F32)");
+}
+
+SafetensorsDtype hf_checkpoint_dtype(const fs::path& directory) {
+  const checkpoint::HfCheckpoint hf(directory);
+  for (const auto& file : hf.files()) {
+    for (const auto& tensor : file->tensors()) {
+      if (checkpoint::is_floating_point(tensor.dtype)) return tensor.dtype;
+    }
+  }
+  return SafetensorsDtype::kFloat32;
+}
+
+nlohmann::json export_hf_model(const fs::path& directory, const LlamaConfig& model,
+                               const HfExportSource& source, SafetensorsDtype dtype,
+                               const std::vector<Fsdp*>& stages) {
+  if (stages.empty()) throw std::invalid_argument("export_hf_model: no stages");
+  ProcessGroup& group = stages.front()->group();
+  // Every rank builds the config (cheap, and each needs its expert naming).
+  const nlohmann::json config =
+      hf_config_for_export(model, source.config, export_dtype_name(dtype));
+  LlamaConfig named = model;
+  named.expert_naming = hf_config_from_json(config, "exported config.json").model.expert_naming;
+
+  checkpoint::ExportOptions options;
+  options.dtype = dtype;
+  checkpoint::export_hf_checkpoint(directory, llama_conversion_rules(named), stages, options);
+
+  run_agreeing_on_failure(group, [&] {
+    if (group.rank() != 0) return;
+    const fs::path config_path = directory / "config.json";
+    std::ofstream file(config_path);
+    file << config.dump(2) << "\n";
+    file.close();
+    if (!file) throw std::runtime_error("export: cannot write " + config_path.string());
+    if (source.directory.empty()) return;
+    for (const auto& entry : fs::directory_iterator(source.directory)) {
+      if (!entry.is_regular_file() || !is_companion_file(entry.path())) continue;
+      fs::copy_file(entry.path(), directory / entry.path().filename(),
+                    fs::copy_options::overwrite_existing);
+    }
+  });
+  return config;
+}
+
+}  // namespace fsdp::models
