@@ -1,12 +1,17 @@
 #include "launch/train_options.h"
 
 #include <cmath>
+#include <filesystem>
 #include <sstream>
 #include <string>
 
+#include "checkpoint/distributed_checkpoint.h"
+#include "models/hf_config.h"
+#include "models/hf_model_io.h"
 #include "models/llama_config_json.h"
 
 namespace po = boost::program_options;
+namespace fs = std::filesystem;
 
 namespace fsdp::launch {
 namespace {
@@ -66,6 +71,77 @@ void override_size(const po::variables_map& values, const std::string& option,
   if (value < 0)
     refuse(option, std::to_string(value), "expected a positive size, or 0 for the preset's");
   if (value > 0) field = value;
+}
+
+// --init-from-hf DIR with a config.json: the model is the config's. A size
+// option given as well must agree with it.
+void take_model_from_hf(const po::variables_map& values, TrainOptions& options) {
+  const fs::path directory = options.init_from_hf;
+  if (!fs::is_directory(directory) || !fs::exists(directory / "config.json")) return;
+  models::HfModelConfig hf;
+  try {
+    hf = models::read_hf_config(directory);
+  } catch (const std::invalid_argument& error) {
+    throw po::error(std::string("--init-from-hf: ") + error.what());
+  }
+  const auto agree = [&](const std::string& option, std::int64_t given, std::int64_t config,
+                         const std::string& field) {
+    if (given > 0 && given != config) {
+      refuse(option, std::to_string(given),
+             "the model in " + options.init_from_hf + " has " + field + " = " +
+                 std::to_string(config) + " (leave the size options out: config.json sets them)");
+    }
+  };
+  agree("hidden", values["hidden"].as<std::int64_t>(), hf.model.hidden, "hidden_size");
+  agree("layers", values["layers"].as<std::int64_t>(), hf.model.layers, "num_hidden_layers");
+  agree("heads", values["heads"].as<std::int64_t>(), hf.model.heads, "num_attention_heads");
+  agree("intermediate", values["intermediate"].as<std::int64_t>(), hf.model.intermediate,
+        "intermediate_size");
+  agree("vocabulary", values["vocabulary"].as<std::int64_t>(), hf.model.vocabulary, "vocab_size");
+  const auto experts = values["experts"].as<std::int64_t>();
+  if (experts >= 0 && experts != hf.model.experts) {
+    refuse("experts", std::to_string(experts),
+           "the model in " + options.init_from_hf + " has " + std::to_string(hf.model.experts) +
+               " experts per layer");
+  }
+  if (values["tie-embeddings"].as<bool>() && !hf.model.tie_embeddings) {
+    refuse("tie-embeddings", "on",
+           "the model in " + options.init_from_hf + " has tie_word_embeddings = false");
+  }
+  if (!values["model"].defaulted()) {
+    refuse("model", values["model"].as<std::string>(),
+           "the model comes from " + options.init_from_hf + "/config.json (" + hf.model_type +
+               "); leave --model out");
+  }
+  if (hf.max_positions > 0 && options.sequence_length > hf.max_positions) {
+    refuse("seq-len", std::to_string(options.sequence_length),
+           "expected at most the model's max_position_embeddings = " +
+               std::to_string(hf.max_positions));
+  }
+  options.model = hf.model;
+  options.model.max_sequence = options.sequence_length;
+  options.preset = "hf " + hf.model_type;
+  options.hf_config = hf.source;
+  options.hf_directory = fs::absolute(directory).lexically_normal().string();
+}
+
+// --resume of a run whose model came from HF: the model is the one it saved.
+void take_model_from_resumed_hf_run(TrainOptions& options) {
+  nlohmann::json saved;
+  try {
+    saved = checkpoint::read_checkpoint_index(options.checkpoint_dir).training_config;
+  } catch (const std::exception&) {
+    return;  // preflight_training() reports a missing or bad checkpoint with its own message
+  }
+  if (!saved.is_object() || !saved.contains("training") || !saved.contains("model")) return;
+  const auto& training = saved.at("training");
+  const std::string preset = training.value("preset", "");
+  if (preset.rfind("hf ", 0) != 0) return;
+  options.model = models::llama_config_from_json(saved.at("model"));
+  options.model.max_sequence = options.sequence_length;
+  options.preset = preset;
+  options.hf_config = training.value("hf_config", nlohmann::json());
+  options.hf_directory = training.value("hf_directory", "");
 }
 
 }  // namespace
@@ -136,7 +212,11 @@ po::options_description train_options_description() {
       "init-from-hf", po::value<std::string>()->default_value(""),
       "start from a HuggingFace safetensors file or directory (converted on the way in)")(
       "export-hf", po::value<std::string>()->default_value(""),
-      "write the trained model as a HuggingFace safetensors directory at the end")(
+      "write the trained model as a HuggingFace directory at the end: config.json, the "
+      "safetensors files in the source's naming, and the source's generation and tokenizer "
+      "files")("export-dtype", po::value<std::string>()->default_value(""),
+               "dtype of the exported tensors: bfloat16, float16 or float32 (default: the "
+               "dtype the model came in; float32 for the presets)")(
       "inspect", po::value<std::vector<std::string>>()->composing(),
       "print this parameter's true values and statistics from the shards at the end "
       "(repeatable)")("log-interval", po::value<std::int64_t>()->default_value(10),
@@ -237,6 +317,16 @@ TrainOptions train_options_from(const po::variables_map& values, int world_size)
     throw po::error("--resume and --init-from-hf both say where the weights come from; give one");
   }
   options.export_hf = values["export-hf"].as<std::string>();
+  options.export_dtype = values["export-dtype"].as<std::string>();
+  if (!options.export_dtype.empty()) {
+    try {
+      models::export_dtype_from_name(options.export_dtype);
+    } catch (const std::invalid_argument&) {
+      refuse("export-dtype", options.export_dtype, "expected bfloat16, float16 or float32");
+    }
+  }
+  if (!options.init_from_hf.empty()) take_model_from_hf(values, options);
+  if (options.resume) take_model_from_resumed_hf_run(options);
   if (values.count("inspect")) options.inspect = values["inspect"].as<std::vector<std::string>>();
   options.log_interval = at_least<std::int64_t>(values, "log-interval", 1);
   return options;
@@ -259,6 +349,10 @@ nlohmann::json to_json(const TrainOptions& options) {
       {"compute_dtype", options.compute_dtype},
       {"layers_per_stage", options.layers_per_stage},
   };
+  if (!options.hf_config.is_null()) {
+    training["hf_config"] = options.hf_config;
+    training["hf_directory"] = options.hf_directory;
+  }
   return {{"model", models::to_json(options.model)}, {"training", training}};
 }
 
@@ -290,12 +384,20 @@ ResumeDifferences resume_differences(const nlohmann::json& saved, const TrainOpt
     return result;
   }
   const auto ours = to_json(options);
+  // Fields a checkpoint predates read as their defaults (an older run's model has them so).
+  nlohmann::json saved_model;
+  try {
+    saved_model = models::to_json(models::llama_config_from_json(saved.at("model")));
+  } catch (const std::invalid_argument& error) {
+    result.refused.push_back(std::string("the checkpoint's model: ") + error.what());
+    return result;
+  }
   std::vector<std::string> model_fields;
   for (const auto& item : ours.at("model").items()) {
     // The RoPE table length follows --seq-len, which is compared below.
     if (item.key() != "max_sequence") model_fields.push_back(item.key());
   }
-  compare_fields(saved.at("model"), ours.at("model"), model_fields, "model ", result.refused);
+  compare_fields(saved_model, ours.at("model"), model_fields, "model ", result.refused);
   compare_fields(saved.at("training"), ours.at("training"),
                  {"seed", "batch", "sequence_length", "learning_rate", "min_learning_rate",
                   "warmup_steps", "weight_decay", "max_gradient_norm"},

@@ -15,7 +15,8 @@
 namespace fsdp::launch {
 
 struct TrainOptions {
-  // The model: a preset ("dense", "moe", "stacked"), then any size given.
+  // The model: a preset ("dense", "moe", "stacked"), then any size given; or
+  // "hf <model_type>" when it comes from an HF directory's config.json.
   std::string preset = "moe";
   models::LlamaConfig model;
 
@@ -47,8 +48,16 @@ struct TrainOptions {
   std::string checkpoint_dir;              // empty: no checkpoints
   std::int64_t checkpoint_interval = 100;  // steps; 0: only at the end
   bool resume = false;
-  std::string init_from_hf;          // HF directory or file to start from
-  std::string export_hf;             // HF directory to write at the end
+  std::string init_from_hf;  // HF directory or file to start from
+  std::string export_hf;     // HF directory to write at the end
+  // "bfloat16", "float16" or "float32"; empty: the dtype the model came in
+  // (its HF checkpoint's), float32 for the presets.
+  std::string export_dtype;
+  // A model from an HF directory (--init-from-hf DIR with a config.json, or a
+  // --resume of such a run): its config.json as read, and the directory, for
+  // export. Null / empty for the presets.
+  nlohmann::json hf_config;
+  std::string hf_directory;
   std::vector<std::string> inspect;  // parameters to print at the end
   std::int64_t log_interval = 10;
 };

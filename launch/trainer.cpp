@@ -21,6 +21,7 @@
 #include "fsdp/tensor_span.h"
 #include "launch/cpu_compute.h"
 #include "launch/synthetic_data.h"
+#include "models/hf_model_io.h"
 #include "models/llama_conversion.h"
 #include "stages/learning_rate_schedule.h"
 #include "stages/multi_stage_model.h"
@@ -145,8 +146,13 @@ class Training {
     const BlasLibrary blas = find_blas();
     say("compute: " + describe_compute(blas));
     if (root_ && !blas.optimised) std::cerr << reference_blas_warning(blas) << std::flush;
-    say("model: " + options_.preset + " preset, " + std::to_string(m.layers) + " layers, hidden " +
+    const std::string origin = options_.hf_config.is_null()
+                                   ? options_.preset + " preset"
+                                   : options_.preset.substr(3) + " from " + options_.hf_directory;
+    say("model: " + origin + ", " + std::to_string(m.layers) + " layers, hidden " +
         std::to_string(m.hidden) + ", heads " + std::to_string(m.heads) +
+        (m.key_value_heads() != m.heads ? " (" + std::to_string(m.key_value_heads()) + " kv)"
+                                        : std::string()) +
         (m.experts > 0 ? ", " + std::to_string(m.experts) + " experts (top " +
                              std::to_string(m.experts_per_token) + ")"
                        : ", dense MLP " + std::to_string(m.intermediate)) +
@@ -249,11 +255,30 @@ class Training {
         format(" (%.2f s)", seconds_since(start)));
   }
 
+  // The dtype the model came in: its HF checkpoint's tensors (config.json's
+  // "dtype" when that directory is gone), float32 for the presets.
+  checkpoint::SafetensorsDtype export_dtype() const {
+    if (!options_.export_dtype.empty())
+      return models::export_dtype_from_name(options_.export_dtype);
+    if (!options_.hf_directory.empty() && fs::is_directory(options_.hf_directory)) {
+      return models::hf_checkpoint_dtype(options_.hf_directory);
+    }
+    const std::string configured =
+        options_.hf_config.is_object() ? options_.hf_config.value("dtype", "") : "";
+    if (configured == "bfloat16" || configured == "float16") {
+      return models::export_dtype_from_name(configured);
+    }
+    return checkpoint::SafetensorsDtype::kFloat32;
+  }
+
   void export_hf() {
     const auto start = Clock::now();
-    checkpoint::export_hf_checkpoint(
-        options_.export_hf, models::llama_conversion_rules(options_.model), model_->stages());
-    say("exported the model in the HF layout to " + options_.export_hf +
+    const models::HfExportSource source{options_.hf_config, options_.hf_directory};
+    const auto dtype = export_dtype();
+    const auto config = models::export_hf_model(options_.export_hf, options_.model, source, dtype,
+                                                model_->stages());
+    say("exported the model as " + config.value("model_type", std::string("?")) + " (" +
+        models::export_dtype_name(dtype) + ") to " + options_.export_hf +
         format(" (%.2f s)", seconds_since(start)));
   }
 

@@ -106,3 +106,19 @@ add_test(NAME readme_walkthrough
                  $<TARGET_FILE:fsdp-train> $<TARGET_FILE:shard-inspect> $<TARGET_FILE:fsdp-bench>
                  ${FSDP_PYTHON} ${CMAKE_CURRENT_BINARY_DIR}/readme_walkthrough)
 set_tests_properties(readme_walkthrough PROPERTIES LABELS program TIMEOUT 600)
+
+# fsdp-train on real HF models: the model comes from config.json alone; a size
+# option that disagrees with it is refused, naming both values.
+set(hf_fixtures ${PROJECT_SOURCE_DIR}/tests/fixtures/hf)
+fsdp_add_program_test(train_hf_mixtral_export EXIT 0 TIMEOUT 120
+                      COMMAND ${FSDP_MPIRUN} -np 2 ${train} --init-from-hf ${hf_fixtures}/mixtral
+                              --steps 2 --seq-len 16 --batch 4 --no-checkpoint
+                              --export-hf ${CMAKE_CURRENT_BINARY_DIR}/train_hf_mixtral_export
+                      OUTPUT "model: mixtral from .*heads 4 \\(2 kv\\), 4 experts.*exported the model as mixtral \\(bfloat16\\)")
+fsdp_add_program_test(train_hf_size_flag_disagrees EXIT 2
+                      COMMAND ${FSDP_MPIRUN} -np 2 ${train} --init-from-hf ${hf_fixtures}/qwen3 --hidden 32
+                      OUTPUT "hidden.*32.*hidden_size = 64"
+                      FORBID "step 1/")
+fsdp_add_program_test(train_hf_sequence_too_long EXIT 2
+                      COMMAND ${FSDP_MPIRUN} -np 2 ${train} --init-from-hf ${hf_fixtures}/qwen3 --seq-len 100
+                      OUTPUT "seq-len.*100.*max_position_embeddings = 64")

@@ -58,7 +58,7 @@ expect longer.log "note: the learning-rate schedule now spans 32 steps"
 # 5. Export, and check the export against the checkpoint.
 run export.log "$mpirun" -np 4 "$train" --steps 30 --checkpoint-dir run --resume --export-hf hf-model
 expect export.log "nothing to train"
-expect export.log "exported the model in the HF layout to hf-model"
+expect export.log "exported the model as mixtral \\(float32\\) to hf-model"
 [ -f hf-model/model.safetensors ] || [ -f hf-model/model.safetensors.index.json ] || fail "no HF files"
 run diff-hf.log "$inspect" run --diff hf-model
 expect diff-hf.log "^0 of 31 parameters differ beyond tol 0"

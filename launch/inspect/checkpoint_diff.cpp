@@ -14,6 +14,7 @@
 #include "fsdp/torch_interop.h"
 #include "launch/inspect/json_number.h"
 #include "launch/inspect/text_table.h"
+#include "models/hf_config.h"
 #include "models/llama_config_json.h"
 #include "models/llama_conversion.h"
 
@@ -91,6 +92,16 @@ DiffReport diff_with_hf(TensorSource& distributed, TensorSource& hf, bool distri
     model = models::llama_config_from_json(config.at("model"));
   } catch (const std::exception& error) {
     throw CheckpointError(reader.source() + ": training_config.model: " + error.what());
+  }
+  // The HF side names its tensors as its own config.json says (a preset MoE
+  // exports as Mixtral: block_sparse_moe.experts.{e}.w1/w3/w2).
+  const std::filesystem::path hf_config = std::filesystem::path(hf.path()) / "config.json";
+  if (std::filesystem::is_regular_file(hf_config)) {
+    try {
+      model.expert_naming = models::read_hf_config(hf.path()).model.expert_naming;
+    } catch (const std::invalid_argument& error) {
+      throw CheckpointError(error.what());
+    }
   }
   std::vector<const FlatLayout*> layouts;
   for (std::size_t s = 0; s < reader.index().stages.size(); ++s)
