@@ -11,7 +11,7 @@
 // Patterns name placeholders in braces, "{layer}", "{expert}", which match a
 // decimal index (no sign, no leading zeros). Matching is anchored on the
 // whole name: "embed_tokens" never matches "model.embed_tokens_extra"
-// (seed 003's substring bug). Placeholders in the parameter pattern are bound
+// (a substring match would). Placeholders in the parameter pattern are bound
 // by matching the runtime name; `stacked` placeholders range over the
 // parameter's leading dimensions instead.
 //

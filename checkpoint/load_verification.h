@@ -8,7 +8,8 @@
 // was written for, and their sizes must add up to what the rank owns; summed
 // over ranks, the sizes must equal every parameter's size. A parameter that
 // a rule forgot, an expert that was skipped or a range written twice cannot
-// pass silently as random or stale weights (ANCHORS.md's reported failures).
+// pass silently as random or stale weights (skipped expert keys left at
+// random initialisation are a failure users of other loaders report).
 //
 // Usage, on every rank of the stages' group:
 //   LoadVerification verification(stages);     // invalidates, zeroes padding

@@ -9,7 +9,7 @@
 //   bytes [8 + N, end)   the data area; a tensor's bytes are [8 + N + begin, 8 + N + end),
 //                        row-major, little-endian
 //
-// A valid header (the reference reader's rules, ANCHORS.md): N >= 2 and at
+// A valid header (the reference reader's rules, docs/DESIGN.md): N >= 2 and at
 // most kMaxHeaderBytes; valid UTF-8 JSON with no duplicate keys; known dtypes;
 // shape x element size == end - begin, overflow-checked; sorted by offset, the
 // tensors tile the data area exactly (no gap, no overlap), and the data area

@@ -5,7 +5,7 @@
 // the inspector, checkpoint loading and `shard-inspect` all call it; nobody else
 // computes an offset by hand.
 //
-// The rules (see DESIGN.md, "Lay out"):
+// The rules (see docs/DESIGN.md, "Lay out"):
 //   * Parameters are packed back to back in declaration order, with no gaps.
 //     A parameter's flat range therefore does not depend on the world size.
 //   * Only the stage total is padded, at the end, to a multiple of

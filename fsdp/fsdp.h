@@ -10,8 +10,9 @@
 //   parameters (one tensor per declared parameter; their .grad() are views of the gradient buffer)
 //
 // The shard is the truth; the buffer is a cache that is valid only while the
-// stage is restored (DESIGN.md, invariants). Reading a parameter before
-// restore_parameters() would silently read zeros -- the pitfall of seed 000 --
+// stage is restored (docs/DESIGN.md, invariants). Reading a parameter before
+// restore_parameters() would silently read zeros -- the classic pitfall of
+// sharded weight buffers --
 // so forward-side code goes through parameter() or assert_restored(), which
 // fail with the stage and parameter named. To read the true values without a
 // restore, use the inspector (fsdp/inspector.h), which reads the shards.

@@ -1,7 +1,7 @@
 // The inspector: a stage's true weights, read from the shards.
 //
 // Never reads the weight buffer, so it tells the truth whether or not the
-// stage is restored -- the answer to "my parameters are all zeros" (seed 000)
+// stage is restored -- the answer to "my parameters are all zeros"
 // and to "which rank holds which weights?". The collective functions are
 // collective over the stage's group: every rank calls them with the same
 // arguments, in the same order; each rank contributes only its own slice.

@@ -32,7 +32,7 @@ class MpiProcessGroup final : public ProcessGroup {
   // bfloat16 and float16 are reduced in float32 through a staging area of at
   // most this many float32 elements per collective, one piece at a time: a
   // full-size float32 copy would double the memory of the buffer being reduced,
-  // against DESIGN.md's bound (shards + live buffers + a bounded chunk).
+  // against docs/DESIGN.md's bound (shards + live buffers + a bounded chunk).
   static constexpr std::int64_t kDefaultStagingElements = std::int64_t{1} << 22;  // 16 MiB
   std::int64_t staging_elements() const { return staging_elements_; }
   // For tuning, and for tests that need many pieces. REQUIRES: elements >= 1.

@@ -62,7 +62,7 @@ struct LlamaConfig {
   bool tie_embeddings = false;
   // All decoder blocks as one layer whose parameters are stacked along a
   // leading [layers] dimension ("decoder.attention.qkv.weight" of shape
-  // [L, 3H, H], ...), the layout of seed 003. The stack is one layer, so it
+  // [L, 3H, H], ...), as some checkpoints store layers. The stack is one layer, so it
   // sits in one stage.
   bool stacked_layers = false;
 

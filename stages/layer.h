@@ -2,7 +2,7 @@
 // allocating them, is bound afterwards to tensors that someone else owns, and
 // computes.
 //
-// Declaring first is the native form of "init on the meta device" (seed 001):
+// Declaring first is the native form of "init on the meta device" (docs/DESIGN.md, "Declare"):
 // no rank ever allocates the whole model; a stage lays its layers' parameters
 // out, shards them, and binds the layers to views of its buffer. The same layer
 // bound to ordinary tensors is the unsharded reference the parity tests use.

@@ -237,7 +237,8 @@ void MultiStageModel::zero_gradients() {
 void MultiStageModel::restore(Stage& stage) {
   if (stage.fsdp) {
     stage.fsdp->restore_parameters();
-    // The forward asserts the restored state (seed 000: never compute on zeros).
+    // The forward asserts the restored state: never compute on the zeros of an
+    // unrestored buffer (docs/DESIGN.md, "The shape").
     stage.fsdp->assert_restored(stage.first_parameter);
   }
   if (stage.uses_tied) tied_->assert_restored(tied_->layout().parameters().front().name);

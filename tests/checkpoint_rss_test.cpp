@@ -1,10 +1,10 @@
 // Measured, not assumed: importing an HF checkpoint with 64 experts per
 // layer adds at most one staging chunk (plus a fixed allowance) to a rank's
 // resident memory, whatever the number of experts: the loader never holds
-// an expert set, a layer or a file (seed 002's loader held every routed
-// expert). Bfloat16 on disk, so every byte goes through the chunk and a
-// dtype conversion. Runs at world size 2, in a process of its own (peak RSS
-// is per process).
+// an expert set, a layer or a file (fusing experts by first loading every
+// routed expert is how loaders elsewhere spike host memory). Bfloat16 on
+// disk, so every byte goes through the chunk and a dtype conversion. Runs at
+// world size 2, in a process of its own (peak RSS is per process).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
