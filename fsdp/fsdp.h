@@ -12,10 +12,10 @@
 // The shard is the truth; the buffer is a cache that is valid only while the
 // stage is restored (docs/DESIGN.md, invariants). Reading a parameter before
 // restore_parameters() would silently read zeros -- the classic pitfall of
-// sharded weight buffers --
-// so forward-side code goes through parameter() or assert_restored(), which
-// fail with the stage and parameter named. To read the true values without a
-// restore, use the inspector (fsdp/inspector.h), which reads the shards.
+// sharded weight buffers -- so forward-side code goes through parameter() or
+// assert_restored(), which fail with the stage and parameter named. To read
+// the true values without a restore, use the inspector (fsdp/inspector.h),
+// which reads the shards.
 //
 // Thread-safety: none; a stage is driven by one thread.
 // Collectives: restore_parameters(), begin_restore() and reduce_gradients() are collective over

@@ -20,7 +20,7 @@ struct LoadedBlas {
   std::string path;
 };
 
-LoadedBlas loaded_blas() {
+LoadedBlas find_loaded_blas() {
   void* gemm = dlsym(RTLD_DEFAULT, "sgemm_");
   if (gemm == nullptr) return {};
   Dl_info info{};
@@ -30,6 +30,12 @@ LoadedBlas loaded_blas() {
   const auto resolved = std::filesystem::canonical(info.dli_fname, error);
   blas.path = error ? std::string(info.dli_fname) : resolved.string();
   blas.handle = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+  return blas;
+}
+
+// Found once: the library cannot change while the process runs.
+const LoadedBlas& loaded_blas() {
+  static const LoadedBlas blas = find_loaded_blas();
   return blas;
 }
 
@@ -99,7 +105,7 @@ bool describe_mkl(const LoadedBlas& loaded, BlasLibrary& blas) {
 
 BlasLibrary find_blas() {
   BlasLibrary blas;
-  const LoadedBlas loaded = loaded_blas();
+  const LoadedBlas& loaded = loaded_blas();
   if (loaded.handle == nullptr) {
     // No sgemm_ in the global scope: libtorch carries its BLAS inside (PyPI
     // wheels link MKL or OpenBLAS statically). Its build summary says which.
@@ -133,7 +139,7 @@ void set_compute_threads(int threads) {
                                 " threads (expected at least 1)");
   }
   at::set_num_threads(threads);
-  const LoadedBlas loaded = loaded_blas();
+  const LoadedBlas& loaded = loaded_blas();
   if (auto* set = find_function<void(int)>(loaded, "openblas_set_num_threads")) set(threads);
   // BLIS's dim_t is a 64-bit integer in every Debian build.
   if (auto* set = find_function<void(std::int64_t)>(loaded, "bli_thread_set_num_threads")) {
@@ -145,7 +151,7 @@ void set_compute_threads(int threads) {
 ComputeThreads current_compute_threads() {
   ComputeThreads threads;
   threads.openmp = at::get_num_threads();
-  const LoadedBlas loaded = loaded_blas();
+  const LoadedBlas& loaded = loaded_blas();
   if (auto* get = find_function<int()>(loaded, "openblas_get_num_threads")) {
     threads.blas = get();
   } else if (auto* get = find_function<std::int64_t()>(loaded, "bli_thread_get_num_threads")) {

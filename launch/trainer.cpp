@@ -21,6 +21,7 @@
 #include "fsdp/tensor_span.h"
 #include "launch/cpu_compute.h"
 #include "launch/synthetic_data.h"
+#include "models/hf_config.h"
 #include "models/hf_model_io.h"
 #include "models/llama_conversion.h"
 #include "stages/learning_rate_schedule.h"
@@ -263,10 +264,13 @@ class Training {
     if (!options_.hf_directory.empty() && fs::is_directory(options_.hf_directory)) {
       return models::hf_checkpoint_dtype(options_.hf_directory);
     }
-    const std::string configured =
-        options_.hf_config.is_object() ? options_.hf_config.value("dtype", "") : "";
-    if (configured == "bfloat16" || configured == "float16") {
-      return models::export_dtype_from_name(configured);
+    if (options_.hf_config.is_object()) {
+      // "dtype" or the older "torch_dtype", as the config reader spells them.
+      const std::string configured =
+          models::hf_config_from_json(options_.hf_config, "training_config.hf_config").dtype;
+      if (configured == "bfloat16" || configured == "float16") {
+        return models::export_dtype_from_name(configured);
+      }
     }
     return checkpoint::SafetensorsDtype::kFloat32;
   }

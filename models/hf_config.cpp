@@ -6,6 +6,8 @@
 #include <set>
 #include <stdexcept>
 
+#include "models/llama_config_json.h"
+
 namespace fsdp::models {
 namespace {
 
@@ -239,9 +241,31 @@ void read_experts(const ConfigFields& fields, const std::string& type, LlamaConf
   model.dense_layers.assign(dense.begin(), dense.end());
 }
 
-}  // namespace
+// The function a config computes: implied values made explicit, and what does
+// not change the function (how the weights are named, stacked, initialised,
+// or how long the RoPE tables are) or does not apply cleared.
+LlamaConfig function_of(LlamaConfig config) {
+  config.kv_heads = config.key_value_heads();
+  config.head_dim = config.head_size();
+  config.expert_intermediate = config.experts_intermediate();
+  if (config.rope_scaling.type == RopeScaling::Type::kDefault) config.rope_scaling = RopeScaling{};
+  if (config.experts == 0) {
+    config.experts_per_token = 0;
+    config.expert_intermediate = 0;
+    config.normalize_top_k = true;
+    config.dense_layers.clear();
+  } else if (config.dense_layers.empty()) {
+    config.intermediate = 0;  // every MLP is experts: intermediate_size is not used
+  }
+  if (config.sliding_window == 0) config.sliding_layers.clear();
+  config.max_sequence = 0;
+  config.init_std = 0;
+  config.stacked_layers = false;
+  config.expert_naming = HfExpertNaming::kQwen;
+  return config;
+}
 
-const std::vector<std::string>& supported_model_types() { return kSupportedTypes; }
+}  // namespace
 
 HfModelConfig hf_config_from_json(const json& config, const std::string& source_name) {
   if (!config.is_object()) {
@@ -334,7 +358,8 @@ HfModelConfig read_hf_config(const std::filesystem::path& directory) {
   return hf_config_from_json(config, path.string());
 }
 
-json hf_config_for_export(const LlamaConfig& model, const json& source, const std::string& dtype) {
+HfModelConfig hf_config_for_export(const LlamaConfig& model, const json& source,
+                                   const std::string& dtype) {
   json config = source.is_object() ? source : json::object();
   if (!source.is_object()) {
     // The transformers architecture that computes this model.
@@ -407,35 +432,18 @@ json hf_config_for_export(const LlamaConfig& model, const json& source, const st
           "by a transformers config here");
     }
   }
-  // The config must describe exactly this model: read it back and compare.
-  LlamaConfig described = hf_config_from_json(config, "exported config.json").model;
-  LlamaConfig expected = model;
-  described.max_sequence = expected.max_sequence;
-  described.init_std = expected.init_std;
-  described.stacked_layers = expected.stacked_layers;
   if (type == "llama" && model.experts == 0 && model.qkv_bias != model.output_bias) {
     throw std::invalid_argument("export: llama configs cannot give q/k/v biases without o_proj's");
   }
-  const auto same = [](const LlamaConfig& a, const LlamaConfig& b) {
-    return a.vocabulary == b.vocabulary && a.hidden == b.hidden && a.heads == b.heads &&
-           a.key_value_heads() == b.key_value_heads() && a.head_size() == b.head_size() &&
-           a.layers == b.layers && a.rms_epsilon == b.rms_epsilon && a.rope_theta == b.rope_theta &&
-           a.rope_scaling.type == b.rope_scaling.type && a.experts == b.experts &&
-           (a.experts == 0 ||
-            (a.experts_per_token == b.experts_per_token &&
-             a.experts_intermediate() == b.experts_intermediate() &&
-             a.normalize_top_k == b.normalize_top_k && a.dense_layers == b.dense_layers)) &&
-           (a.experts > 0 && a.dense_layers.empty() ? true : a.intermediate == b.intermediate) &&
-           a.tie_embeddings == b.tie_embeddings && a.qkv_bias == b.qkv_bias &&
-           a.output_bias == b.output_bias && a.mlp_bias == b.mlp_bias && a.qk_norm == b.qk_norm &&
-           a.sliding_window == b.sliding_window && a.sliding_layers == b.sliding_layers;
-  };
-  if (!same(described, expected)) {
+  // The config must describe exactly this model: read it back and compare
+  // every field (models/llama_config_json.h lists them) of the two functions.
+  HfModelConfig described = hf_config_from_json(config, "exported config.json");
+  if (to_json(function_of(described.model)) != to_json(function_of(model))) {
     throw std::invalid_argument("export: no " + type +
                                 " config describes this model exactly (the exported config.json "
                                 "would compute a different function)");
   }
-  return config;
+  return described;
 }
 
 }  // namespace fsdp::models

@@ -42,16 +42,14 @@ struct HfModelConfig {
   nlohmann::json source;           // config.json as read, for export
 };
 
-// The supported model_type values, for messages and docs.
-const std::vector<std::string>& supported_model_types();
-
 // Reads `directory`/config.json. Throws std::invalid_argument naming the file,
 // the field, the value found and what is supported or expected.
 HfModelConfig read_hf_config(const std::filesystem::path& directory);
 // The same from parsed JSON; `source_name` names it in messages.
 HfModelConfig hf_config_from_json(const nlohmann::json& config, const std::string& source_name);
 
-// The config.json to export `model` with: `source` (the config the model was
+// The config.json to export `model` with (in `.source`, with what it reads
+// back as in the other fields): `source` (the config the model was
 // imported from) with the fields the model defines brought up to date, or,
 // for a model that did not come from HF (source null), a config of the
 // matching transformers architecture: "llama" for a dense model, "qwen3_moe"
@@ -59,7 +57,7 @@ HfModelConfig hf_config_from_json(const nlohmann::json& config, const std::strin
 // `dtype` is what the exported tensors are stored as. Throws
 // std::invalid_argument for a model no transformers architecture computes
 // (stacked layers export unstacked, so they are fine).
-nlohmann::json hf_config_for_export(const LlamaConfig& model, const nlohmann::json& source,
-                                    const std::string& dtype);
+HfModelConfig hf_config_for_export(const LlamaConfig& model, const nlohmann::json& source,
+                                   const std::string& dtype);
 
 }  // namespace fsdp::models

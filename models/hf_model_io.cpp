@@ -64,10 +64,11 @@ nlohmann::json export_hf_model(const fs::path& directory, const LlamaConfig& mod
   if (stages.empty()) throw std::invalid_argument("export_hf_model: no stages");
   ProcessGroup& group = stages.front()->group();
   // Every rank builds the config (cheap, and each needs its expert naming).
-  const nlohmann::json config =
+  const HfModelConfig exported =
       hf_config_for_export(model, source.config, export_dtype_name(dtype));
+  const nlohmann::json& config = exported.source;
   LlamaConfig named = model;
-  named.expert_naming = hf_config_from_json(config, "exported config.json").model.expert_naming;
+  named.expert_naming = exported.model.expert_naming;
 
   checkpoint::ExportOptions options;
   options.dtype = dtype;

@@ -25,9 +25,10 @@ std::string export_dtype_name(checkpoint::SafetensorsDtype dtype);
 checkpoint::SafetensorsDtype hf_checkpoint_dtype(const std::filesystem::path& directory);
 
 struct HfExportSource {
-  nlohmann::json config;  // the source's config.json (null: write a fresh one)
-  std::filesystem::path
-      directory;  // copy generation_config.json and tokenizer files from here ("" for none)
+  // The source's config.json (null: write a fresh one).
+  nlohmann::json config;
+  // Where to copy generation_config.json and tokenizer files from ("" for none).
+  std::filesystem::path directory;
 };
 
 // Writes `stages` to `directory` as an HF model transformers loads:

@@ -14,6 +14,8 @@ cd "$(dirname "$0")/.."
 packages=(cmake ninja-build g++ libtorch-dev libopenmpi-dev openmpi-bin
           libboost-program-options-dev libgtest-dev nlohmann-json3-dev libxxhash-dev
           python3-venv libopenblas0-openmp)
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 missing=()
 for package in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
@@ -22,15 +24,14 @@ for package in "${packages[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
-  sudo=""
-  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
 # Debian's libtorch calls the BLAS through the libblas.so.3 / liblapack.so.3
-# alternatives (OpenBLAS's libblas.so.3 then loads libopenblas.so.0, a third one), which a fresh machine points at the reference (netlib) BLAS:
-# 12-14x slower training. Point them at OpenBLAS's OpenMP build. Not the
+# alternatives (OpenBLAS's libblas.so.3 then loads libopenblas.so.0, a third
+# one), which a fresh machine points at the reference (netlib) BLAS: 12-14x
+# slower training. Point them at OpenBLAS's OpenMP build. Not the
 # pthreads build, although Debian ranks it higher: its own thread pool fights
 # libtorch's OpenMP pool (5x slower at one rank with 2 threads here; equal at
 # one thread per rank). docs/PERFORMANCE.md has the comparison with BLIS.
@@ -40,8 +41,6 @@ for library in libblas.so.3 liblapack.so.3 libopenblas.so.0; do
   current=$(readlink -f "/usr/lib/$multiarch/$library" || true)
   if [ "$current" != "$(readlink -f "$wanted")" ]; then
     echo "setup: pointing $library at $wanted (was ${current:-nothing})"
-    sudo=""
-    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
     $sudo update-alternatives --quiet --set "$library-$multiarch" "$wanted"
   fi
 done

@@ -23,6 +23,14 @@ json llama() {
           {"rope_parameters", {{"rope_theta", 500000.0}, {"rope_type", "default"}}}};
 }
 
+json qwen3_moe(std::int64_t experts) {
+  json config = llama();
+  config["model_type"] = "qwen3_moe";
+  config["num_experts"] = experts;
+  config["num_experts_per_tok"] = 2;
+  return config;
+}
+
 std::string refusal(const json& config) {
   try {
     hf_config_from_json(config, "dir/config.json");
@@ -66,11 +74,8 @@ TEST(HfConfig, BothRopeSpellingsReadTheSame) {
 }
 
 TEST(HfConfig, QwenMoeDenseLayersAndRouting) {
-  json config = llama();
-  config["model_type"] = "qwen3_moe";
+  json config = qwen3_moe(8);
   config["num_hidden_layers"] = 4;
-  config["num_experts"] = 8;
-  config["num_experts_per_tok"] = 2;
   config["moe_intermediate_size"] = 32;
   config["norm_topk_prob"] = true;
   config["decoder_sparse_step"] = 2;
@@ -137,10 +142,7 @@ TEST(HfConfig, RefusesWhatItDoesNotCompute) {
   json missing = llama();
   missing.erase("hidden_size");
   refused(missing, "\"hidden_size\" is missing");
-  json shared = llama();
-  shared["model_type"] = "qwen3_moe";
-  shared["num_experts"] = 4;
-  shared["num_experts_per_tok"] = 2;
+  json shared = qwen3_moe(4);
   shared["moe_intermediate_size"] = 16;
   shared["shared_expert_intermediate_size"] = 64;
   refused(shared, "shared experts are not supported");
@@ -156,11 +158,11 @@ TEST(HfConfig, ExportConfigForPresetsReadsBackToTheSameModel) {
   dense.hidden = 32;
   dense.heads = 4;
   dense.layers = 2;
-  const json dense_config = hf_config_for_export(dense, nullptr, "float32");
+  const json dense_config = hf_config_for_export(dense, nullptr, "float32").source;
   EXPECT_EQ(dense_config["model_type"], "llama");
   LlamaConfig moe = dense;
   moe.experts = 4;
-  const json moe_config = hf_config_for_export(moe, nullptr, "bfloat16");
+  const json moe_config = hf_config_for_export(moe, nullptr, "bfloat16").source;
   EXPECT_EQ(moe_config["model_type"], "mixtral");
   EXPECT_EQ(moe_config["architectures"][0], "MixtralForCausalLM");
   EXPECT_EQ(moe_config["dtype"], "bfloat16");
