@@ -6,6 +6,8 @@
 #include <string>
 
 #include "checkpoint/distributed_checkpoint.h"
+#include "data/data_error.h"
+#include "launch/training_data.h"
 #include "models/hf_config.h"
 #include "models/hf_model_io.h"
 #include "models/llama_config_json.h"
@@ -144,6 +146,29 @@ void take_model_from_resumed_hf_run(TrainOptions& options) {
   options.hf_directory = training.value("hf_directory", "");
 }
 
+// The data options; opens --data (its headers, not its tokens) for the
+// identity a checkpoint records.
+void take_data(const po::variables_map& values, TrainOptions& options) {
+  options.data = values["data"].as<std::string>();
+  options.data_dtype = values["data-dtype"].as<std::string>();
+  options.eval_data = values["eval-data"].as<std::string>();
+  options.eval_interval = at_least<std::int64_t>(values, "eval-interval", 0);
+  if (!options.data_dtype.empty()) {
+    try {
+      data::token_dtype_from_name(options.data_dtype);
+    } catch (const data::DataError&) {
+      refuse("data-dtype", options.data_dtype, "expected uint16, uint32, int32 or int64");
+    }
+  }
+  if (options.eval_interval > 0 && options.eval_data.empty()) {
+    throw po::error("--eval-interval " + std::to_string(options.eval_interval) +
+                    " needs --eval-data, the tokens to evaluate on");
+  }
+  if (!options.data.empty()) {
+    options.data_identity = open_token_data("data", options).identity();
+  }
+}
+
 }  // namespace
 
 po::options_description train_options_description() {
@@ -184,6 +209,18 @@ po::options_description train_options_description() {
       "seed", po::value<std::uint64_t>()->default_value(1),
       "seed of the initial weights and of the data");
 
+  po::options_description data("Data (default: synthetic sequences, generated)");
+  data.add_options()("data", po::value<std::string>()->default_value(""),
+                     "train on these tokens: a .npy or raw .bin token file, or a directory of "
+                     "them read in name order (scripts/prepare_data.py writes them)")(
+      "data-dtype", po::value<std::string>()->default_value(""),
+      "token type of raw .bin files: uint16, uint32, int32 or int64 (.npy files say theirs)")(
+      "eval-data", po::value<std::string>()->default_value(""),
+      "evaluate the mean next-token loss over every window of these tokens, before the first "
+      "step, every --eval-interval steps and at the end")(
+      "eval-interval", po::value<std::int64_t>()->default_value(0),
+      "steps between evaluations (0: only before the first step and after the last)");
+
   po::options_description runtime("Runtime");
   runtime.add_options()(
       "zero-stage", po::value<int>()->default_value(3),
@@ -223,7 +260,7 @@ po::options_description train_options_description() {
                       "steps between progress lines");
 
   po::options_description all;
-  all.add(model).add(training).add(runtime).add(io);
+  all.add(model).add(training).add(data).add(runtime).add(io);
   return all;
 }
 
@@ -329,6 +366,7 @@ TrainOptions train_options_from(const po::variables_map& values, int world_size)
   if (options.resume) take_model_from_resumed_hf_run(options);
   if (values.count("inspect")) options.inspect = values["inspect"].as<std::vector<std::string>>();
   options.log_interval = at_least<std::int64_t>(values, "log-interval", 1);
+  take_data(values, options);
   return options;
 }
 
@@ -349,6 +387,7 @@ nlohmann::json to_json(const TrainOptions& options) {
       {"compute_dtype", options.compute_dtype},
       {"layers_per_stage", options.layers_per_stage},
   };
+  if (!options.data_identity.is_null()) training["data"] = options.data_identity;
   if (!options.hf_config.is_null()) {
     training["hf_config"] = options.hf_config;
     training["hf_directory"] = options.hf_directory;
@@ -402,6 +441,17 @@ ResumeDifferences resume_differences(const nlohmann::json& saved, const TrainOpt
                  {"seed", "batch", "sequence_length", "learning_rate", "min_learning_rate",
                   "warmup_steps", "weight_decay", "max_gradient_norm"},
                  "", result.refused);
+  // A checkpoint without "data" trained on the synthetic sequences.
+  const auto saved_data = saved.at("training").value("data", nlohmann::json());
+  if (saved_data != options.data_identity) {
+    const auto name = [](const nlohmann::json& identity) {
+      return identity.is_null() ? std::string("synthetic sequences")
+                                : "tokens " + identity.dump().substr(0, 200);
+    };
+    result.refused.push_back("data: " + name(saved_data) + " in the checkpoint, " +
+                             name(options.data_identity) +
+                             " here (the order of the windows depends on the data)");
+  }
   const auto saved_steps = saved.at("training").find("steps");
   if (saved_steps != saved.at("training").end() && *saved_steps != options.steps) {
     result.schedule_note = "the learning-rate schedule now spans " + std::to_string(options.steps) +

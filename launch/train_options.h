@@ -36,6 +36,15 @@ struct TrainOptions {
   double max_gradient_norm = 1.0;
   std::uint64_t seed = 1;
 
+  // Data (launch/training_data.h). `data` empty: the synthetic sequences.
+  std::string data;        // token file, or directory of them, to train on
+  std::string data_dtype;  // of raw (.bin) token files; empty: only .npy files
+  // data::TokenDataset::identity() of `data` (null for synthetic data): a
+  // resumed run's order of windows depends on it, so --resume compares it.
+  nlohmann::json data_identity;
+  std::string eval_data;           // token file or directory; empty: no evaluation
+  std::int64_t eval_interval = 0;  // steps between evaluations; 0: at the start and end only
+
   // The runtime.
   int zero_stage = 3;
   std::string compute_dtype = "float32";  // of the weight buffers; shards are float32
@@ -68,7 +77,8 @@ boost::program_options::options_description train_options_description();
 // The options in `values`, checked against each other and against
 // `world_size`. Throws boost::program_options::error (printed once, exit
 // status 2) naming the option, its value and what was expected: for example
-// a global batch that `world_size` x micro-batches does not divide.
+// a global batch that `world_size` x micro-batches does not divide. Opens
+// --data's files (their headers only; data::DataError for a bad one).
 TrainOptions train_options_from(const boost::program_options::variables_map& values,
                                 int world_size);
 
@@ -81,7 +91,7 @@ nlohmann::json to_json(const TrainOptions& options);
 // checkpoint's training_config). `refused`: the model ("model hidden: 64 in
 // the checkpoint, 32 here") and whatever changes the losses from there on
 // (seed, batch, sequence length, learning rates, warm-up, weight decay,
-// clipping), because --resume promises the uninterrupted run's losses.
+// clipping, the training tokens), because --resume promises the uninterrupted run's losses.
 // `schedule_note`: a different --steps only stretches or shortens the
 // schedule -- allowed (training longer than planned is common), and said.
 struct ResumeDifferences {

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -17,10 +18,12 @@
 #include "checkpoint/distributed_checkpoint.h"
 #include "checkpoint/hf_export.h"
 #include "checkpoint/hf_import.h"
+#include "data/data_error.h"
 #include "fsdp/inspector.h"
 #include "fsdp/tensor_span.h"
 #include "launch/cpu_compute.h"
-#include "launch/synthetic_data.h"
+#include "launch/evaluation.h"
+#include "launch/training_data.h"
 #include "models/hf_config.h"
 #include "models/hf_model_io.h"
 #include "models/llama_conversion.h"
@@ -82,7 +85,12 @@ at::Tensor next_token_loss(const at::Tensor& logits, const at::Tensor& targets) 
 class Training {
  public:
   Training(Runtime& runtime, const TrainOptions& options, std::ostream& out)
-      : runtime_(runtime), options_(options), out_(out), root_(runtime.rank() == 0) {
+      : runtime_(runtime),
+        options_(options),
+        out_(out),
+        root_(runtime.rank() == 0),
+        data_(options) {
+    if (!options.eval_data.empty()) eval_data_.emplace(open_token_data("eval-data", options));
     stages::MultiStageOptions model_options;
     model_options.layers_per_stage = options.layers_per_stage;
     model_options.zero_stage = options.zero_stage;
@@ -113,12 +121,17 @@ class Training {
           std::to_string(options_.steps) + ": nothing to train");
     }
     const std::int64_t last_step = options_.stop_after > 0 ? options_.stop_after : options_.steps;
+    if (eval_data_) evaluate(first_step - 1);
     const auto start = Clock::now();
     for (std::int64_t step = first_step; step <= last_step; ++step) {
       const double loss = train_step(step);
       losses_.push_back(loss);
       if (step % options_.log_interval == 0 || step == last_step || step == first_step) {
         report_progress(step, first_step, last_step, loss, seconds_since(start));
+      }
+      if (eval_data_ && (step == last_step ||
+                         (options_.eval_interval > 0 && step % options_.eval_interval == 0))) {
+        evaluate(step);
       }
       const bool last = step == last_step;
       if (!options_.checkpoint_dir.empty() &&
@@ -165,10 +178,28 @@ class Training {
         options_.compute_dtype + ", " + std::to_string(options_.layers_per_stage) +
         " layer(s) per stage" + (options_.prefetch ? ", prefetch" : "") + "; per rank " +
         model_->memory(optimizer_.get()).describe());
-    say("data: synthetic (seed " + std::to_string(options_.seed) + "), global batch " +
+    say("data: " + data_.describe(options_.steps) + "; global batch " +
         std::to_string(options_.batch) + " x " + std::to_string(options_.sequence_length) +
         " tokens, " + std::to_string(options_.batch / runtime_.world_size()) +
         " sequences per rank in " + std::to_string(options_.micro_batches) + " micro-batch(es)");
+    if (eval_data_) {
+      say("eval: " + eval_data_->describe() + ", " +
+          (options_.eval_interval > 0 ? "every " + std::to_string(options_.eval_interval) + " steps"
+                                      : std::string("before the first step and after the last")));
+    }
+  }
+
+  // The validation loss now, printed and kept for the summary. Its forwards
+  // take the training's micro-batch of rows, so they need no more memory.
+  void evaluate(std::int64_t step) {
+    const auto start = Clock::now();
+    const std::int64_t rows = options_.batch / runtime_.world_size() / options_.micro_batches;
+    const auto result =
+        evaluate_next_token_loss(*model_, *eval_data_, rows, *runtime_.host_group(), device_);
+    eval_losses_.push_back(result.loss);
+    say("eval step " + std::to_string(step) + " loss " + format("%.6f", result.loss) + " (" +
+        std::to_string(result.windows) + " windows, " + std::to_string(result.predicted_tokens) +
+        " predicted tokens, " + format("%.2f s)", seconds_since(start)));
   }
 
   // Initialises, imports or resumes; returns the last step already taken.
@@ -210,13 +241,11 @@ class Training {
   double train_step(std::int64_t step) {
     const std::int64_t local_batch = options_.batch / runtime_.world_size();
     const std::int64_t micro_rows = local_batch / options_.micro_batches;
-    const SyntheticBatchSpec data{options_.seed, options_.batch, options_.sequence_length,
-                                  options_.model.vocabulary};
     model_->zero_gradients();
     double local_loss = 0;
     for (std::int64_t micro = 0; micro < options_.micro_batches; ++micro) {
-      auto tokens = synthetic_batch_rows(
-          data, step, runtime_.rank() * local_batch + micro * micro_rows, micro_rows);
+      auto tokens =
+          data_.batch_rows(step, runtime_.rank() * local_batch + micro * micro_rows, micro_rows);
       if (device_.is_cuda()) tokens = tokens.to(device_);
       const auto inputs = tokens.narrow(1, 0, options_.sequence_length);
       const auto targets = tokens.narrow(1, 1, options_.sequence_length);
@@ -329,6 +358,10 @@ class Training {
         " tokens/s, " +
         format("%.1f", 100.0 * statistics.exposed_seconds() / std::max(seconds, 1e-9)) +
         "% of the time waiting on collectives");
+    if (eval_losses_.size() >= 2) {
+      say("eval loss " + format("%.6f", eval_losses_.front()) + " -> " +
+          format("%.6f", eval_losses_.back()));
+    }
     if (saved_step_ > 0) {
       say("checkpoint: " + options_.checkpoint_dir + " (step " + std::to_string(saved_step_) +
           "); inspect it with: shard-inspect " + options_.checkpoint_dir);
@@ -339,6 +372,9 @@ class Training {
   const TrainOptions& options_;
   std::ostream& out_;
   bool root_;
+  TrainingData data_;
+  std::optional<data::TokenDataset> eval_data_;
+  std::vector<double> eval_losses_;
   c10::Device device_{c10::kCPU};
   std::unique_ptr<stages::MultiStageModel> model_;
   std::unique_ptr<stages::ShardedAdamW> optimizer_;
@@ -360,6 +396,17 @@ void preflight_training(const TrainOptions& options) {
     }
     throw std::runtime_error("--inspect " + name + ": the model has no such parameter (it has " +
                              std::to_string(names.size()) + ", for example " + some + ")");
+  }
+  // Every token of the data: a bad id would otherwise index out of the
+  // embedding mid-run. Each rank reads the files through once.
+  for (const std::string option : {"data", "eval-data"}) {
+    if ((option == "data" ? options.data : options.eval_data).empty()) continue;
+    try {
+      open_token_data(option, options).check_token_ids(options.model.vocabulary);
+    } catch (const data::DataError& error) {
+      const std::string what = error.what();
+      throw data::DataError(what.rfind("--", 0) == 0 ? what : "--" + option + ": " + what);
+    }
   }
   if (!options.init_from_hf.empty() && !fs::exists(options.init_from_hf)) {
     throw std::runtime_error("--init-from-hf " + options.init_from_hf +
