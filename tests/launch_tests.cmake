@@ -122,3 +122,10 @@ fsdp_add_program_test(train_hf_size_flag_disagrees EXIT 2
 fsdp_add_program_test(train_hf_sequence_too_long EXIT 2
                       COMMAND ${FSDP_MPIRUN} -np 2 ${train} --init-from-hf ${hf_fixtures}/qwen3 --seq-len 100
                       OUTPUT "seq-len.*100.*max_position_embeddings = 64")
+
+# fsdp-train on token files written by NumPy: the same batches and validation
+# losses at every world size, exact resume across epochs, bad data refused.
+add_test(NAME train_data
+         COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/train_data.sh ${FSDP_MPIRUN}
+                 $<TARGET_FILE:fsdp-train> ${FSDP_PYTHON} ${CMAKE_CURRENT_BINARY_DIR}/train_data)
+set_tests_properties(train_data PROPERTIES LABELS program TIMEOUT 600)
