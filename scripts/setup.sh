@@ -5,7 +5,8 @@
 # Dependencies, all Debian packages: libtorch, Open MPI, Boost.Program_options,
 # GoogleTest, nlohmann-json, xxHash, CMake, Ninja, and OpenBLAS (OpenMP build)
 # as the BLAS that libtorch's matrix products call. The interop test needs the
-# reference `safetensors` Python package, which Debian does not ship: it is
+# reference `safetensors` Python package, and the data tests NumPy and
+# `tokenizers` (scripts/prepare_data.py), which Debian does not ship: they are
 # installed from PyPI into a virtual environment in build/python. CUDA is optional: when nvcc is on
 # PATH or in /usr/local/cuda, the CUDA kernels and the NCCL backend are built too.
 set -euo pipefail
@@ -50,12 +51,13 @@ if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ] && [ -z 
   export CUDACXX=/usr/local/cuda/bin/nvcc
 fi
 
-# The reference safetensors implementation, for the interop test.
-if [ ! -x build/python/bin/python ] || ! build/python/bin/python -c "import safetensors, numpy" 2>/dev/null; then
-  echo "setup: installing the safetensors and numpy Python packages into build/python"
+# The reference safetensors implementation (the interop test), NumPy and
+# tokenizers (the token-file tests and scripts/prepare_data.py).
+if [ ! -x build/python/bin/python ] || ! build/python/bin/python -c "import safetensors, numpy, tokenizers" 2>/dev/null; then
+  echo "setup: installing the safetensors, numpy and tokenizers Python packages into build/python"
   mkdir -p build
   python3 -m venv build/python
-  build/python/bin/pip install --quiet --disable-pip-version-check "safetensors>=0.4" numpy
+  build/python/bin/pip install --quiet --disable-pip-version-check "safetensors>=0.4" numpy tokenizers
 fi
 
 if [ ! -f build/CMakeCache.txt ]; then

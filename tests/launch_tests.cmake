@@ -129,3 +129,11 @@ add_test(NAME train_data
          COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/train_data.sh ${FSDP_MPIRUN}
                  $<TARGET_FILE:fsdp-train> ${FSDP_PYTHON} ${CMAKE_CURRENT_BINARY_DIR}/train_data)
 set_tests_properties(train_data PROPERTIES LABELS program TIMEOUT 600)
+
+# README's "Train on your own text": scripts/prepare_data.py, then fine-tuning
+# an HF model on its token files with a falling validation loss.
+add_test(NAME prepare_and_train
+         COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/prepare_and_train.sh ${FSDP_MPIRUN}
+                 $<TARGET_FILE:fsdp-train> ${FSDP_PYTHON} ${PROJECT_SOURCE_DIR}
+                 ${CMAKE_CURRENT_BINARY_DIR}/prepare_and_train)
+set_tests_properties(prepare_and_train PROPERTIES LABELS program TIMEOUT 300)
