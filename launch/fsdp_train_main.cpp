@@ -31,6 +31,8 @@ Examples:
   mpirun -np 4 fsdp-train --export-hf hf-model              # also write the HF layout
   mpirun -np 3 fsdp-train --init-from-hf hf-model --checkpoint-dir run2
   mpirun -np 2 fsdp-train --model dense --inspect decoder.0.attention.qkv.weight
+  mpirun -np 4 fsdp-train --init-from-hf MODEL --data train.npy --eval-data val.npy \
+      --eval-interval 50 --seq-len 512         # your own tokens (scripts/prepare_data.py)
 
 --batch is the global batch: the same --seed gives the same losses at every
 world size that divides it (the default, 24, divides by 1, 2, 3 and 4).

@@ -212,7 +212,7 @@ po::options_description train_options_description() {
   po::options_description data("Data (default: synthetic sequences, generated)");
   data.add_options()("data", po::value<std::string>()->default_value(""),
                      "train on these tokens: a .npy or raw .bin token file, or a directory of "
-                     "them read in name order (scripts/prepare_data.py writes them)")(
+                     "them read in name order")(
       "data-dtype", po::value<std::string>()->default_value(""),
       "token type of raw .bin files: uint16, uint32, int32 or int64 (.npy files say theirs)")(
       "eval-data", po::value<std::string>()->default_value(""),
