@@ -239,13 +239,10 @@ class Training {
   }
 
   double train_step(std::int64_t step) {
-    const std::int64_t local_batch = options_.batch / runtime_.world_size();
-    const std::int64_t micro_rows = local_batch / options_.micro_batches;
     model_->zero_gradients();
     double local_loss = 0;
     for (std::int64_t micro = 0; micro < options_.micro_batches; ++micro) {
-      auto tokens =
-          data_.batch_rows(step, runtime_.rank() * local_batch + micro * micro_rows, micro_rows);
+      auto tokens = data_.micro_batch(step, runtime_.rank(), runtime_.world_size(), micro);
       if (device_.is_cuda()) tokens = tokens.to(device_);
       const auto inputs = tokens.narrow(1, 0, options_.sequence_length);
       const auto targets = tokens.narrow(1, 1, options_.sequence_length);

@@ -49,6 +49,13 @@ at::Tensor TrainingData::batch_rows(std::int64_t step, std::int64_t first_row,
   return batch;
 }
 
+at::Tensor TrainingData::micro_batch(std::int64_t step, int rank, int world_size,
+                                     std::int64_t micro) const {
+  const std::int64_t local_batch = options_.batch / world_size;
+  const std::int64_t micro_rows = local_batch / options_.micro_batches;
+  return batch_rows(step, rank * local_batch + micro * micro_rows, micro_rows);
+}
+
 std::string TrainingData::describe(std::int64_t steps) const {
   if (!tokens_) return "synthetic sequences (seed " + std::to_string(options_.seed) + ")";
   const double epochs = static_cast<double>(steps) * static_cast<double>(options_.batch) /

@@ -32,6 +32,12 @@ class TrainingData {
   // targets [:, 1:]. REQUIRES: the rows lie inside the global batch.
   at::Tensor batch_rows(std::int64_t step, std::int64_t first_row, std::int64_t rows) const;
 
+  // What rank `rank` of `world_size` trains on in micro-batch `micro` of
+  // `step`: rank r owns rows [r * B / W, (r + 1) * B / W) of the global batch
+  // B, cut into options.micro_batches consecutive micro-batches.
+  // REQUIRES: W x micro-batches divides B (train_options_from checks it).
+  at::Tensor micro_batch(std::int64_t step, int rank, int world_size, std::int64_t micro) const;
+
   // The banner's description: the source and, for token files, how many
   // windows and tokens they hold and how many epochs `steps` steps make.
   std::string describe(std::int64_t steps) const;
