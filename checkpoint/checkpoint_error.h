@@ -2,20 +2,16 @@
 //
 // Every message names the file (and the tensor key, when there is one), what
 // was expected and what was found, so that a user can act on it without a
-// debugger (STYLE.md, habit 3). The module throws rather than returning a
-// status because its callers sit under collectives and the launcher: an
-// exception reaches run_program(), which prints it once and ends the job, and
-// collective_errors.h carries it across ranks.
+// debugger. The module throws rather than returning a status because its
+// callers sit under collectives and the launcher: an exception reaches
+// run_program(), which prints it once and ends the job, and
+// collective_errors.h carries it, as a CheckpointError, across ranks.
 #pragma once
 
-#include <stdexcept>
-#include <string>
+#include "fsdp/errors.h"
 
 namespace fsdp::checkpoint {
 
-class CheckpointError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
+using CheckpointError = fsdp::CheckpointError;
 
 }  // namespace fsdp::checkpoint

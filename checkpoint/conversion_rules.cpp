@@ -287,12 +287,12 @@ std::string unused_hint(const std::string& key, const ConversionRules& rules) {
 }  // namespace
 
 ConversionRule ConversionRule::rename(std::string parameter, std::string key) {
-  return {std::move(parameter), {}, {{std::move(key), false}}, 0, {}};
+  return {std::move(parameter), {}, {{std::move(key), false}}, 0, {}, {}};
 }
 
 ConversionRule ConversionRule::reshaped(std::string parameter, std::string key,
                                         std::vector<std::int64_t> stored_shape) {
-  return {std::move(parameter), {}, {{std::move(key), false}}, 0, std::move(stored_shape)};
+  return {std::move(parameter), {}, {{std::move(key), false}}, 0, std::move(stored_shape), {}};
 }
 
 ConversionRule ConversionRule::concatenate(std::string parameter, std::vector<std::string> keys,

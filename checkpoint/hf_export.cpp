@@ -5,6 +5,9 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <exception>
+#include <functional>
+#include <memory>
 
 #include "checkpoint/checkpoint_error.h"
 #include "checkpoint/element_conversion.h"
@@ -148,24 +151,42 @@ void export_hf_checkpoint(const fs::path& directory, const ConversionRules& rule
     fs::remove_all(staging);
     fs::create_directory(staging);
   });
-  // Every rank takes part in every tensor's broadcasts; file f's rank writes it.
-  run_agreeing_on_failure(group, [&] {
-    for (std::size_t f = 0; f < files.size(); ++f) {
-      const bool writes = static_cast<int>(f % group.size()) == group.rank();
-      std::unique_ptr<SafetensorsWriter> writer;
-      if (writes) {
+  // Every rank takes part in every tensor's broadcasts; file f's rank writes
+  // it. A write that fails (a full disk) stops this rank's writing, not its
+  // part in the broadcasts, which the other ranks wait on; the failure is
+  // agreed after the last one.
+  std::exception_ptr write_failure;
+  const auto writing = [&](const std::function<void()>& write) {
+    if (write_failure) return;
+    try {
+      write();
+    } catch (...) {
+      write_failure = std::current_exception();
+    }
+  };
+  for (std::size_t f = 0; f < files.size(); ++f) {
+    const bool writes = static_cast<int>(f % group.size()) == group.rank();
+    std::unique_ptr<SafetensorsWriter> writer;
+    if (writes) {
+      writing([&] {
         writer = std::make_unique<SafetensorsWriter>(staging / files[f].name, files[f].declarations,
                                                      options.metadata);
-      }
-      for (const auto* tensor : files[f].order) {
-        const auto values = gather_tensor(*tensor, stages, group);
-        if (writer) writer->append(values.data_ptr(), values.numel() * values.element_size());
-      }
-      if (writer) writer->finish();
+      });
     }
+    for (const auto* tensor : files[f].order) {
+      const auto values = gather_tensor(*tensor, stages, group);
+      if (writer) {
+        writing([&] { writer->append(values.data_ptr(), values.numel() * values.element_size()); });
+      }
+    }
+    if (writer) writing([&] { writer->finish(); });
+  }
+  run_agreeing_on_failure(group, [&] {
+    if (write_failure) std::rethrow_exception(write_failure);
   });
   run_agreeing_on_failure(group, [&] {
     if (group.rank() != 0) return;
+    if (options.write_companions) options.write_companions(staging);
     if (files.size() > 1) {
       nlohmann::json weight_map = nlohmann::json::object();
       std::int64_t total = 0;

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -29,11 +30,18 @@ struct ExportOptions {
   // The dtype written; by default each parameter's declared dtype.
   std::optional<SafetensorsDtype> dtype;
   std::map<std::string, std::string> metadata = {{"format", "pt"}};
+  // Run on rank 0 with the staging directory once every tensor file is
+  // written, before the swap: the companion files (config.json, the
+  // tokenizer's) appear with the tensors or not at all. Must not issue
+  // collectives; a throw fails the export like a failed write.
+  std::function<void(const std::filesystem::path& staging)> write_companions;
 };
 
-// Collective over the stages' group. Throws on every rank, with the failing
-// rank's message, when a parameter has no rule, a file cannot be written, or
-// `directory` exists and is not an HF checkpoint (it is never replaced then).
+// Collective over the stages' group. Throws a CheckpointError on every rank,
+// with the failing rank's message, when a parameter has no rule, a file
+// cannot be written (a full disk on any writing rank included), or
+// `directory` exists and is not an HF checkpoint; `directory` is then left as
+// it was.
 void export_hf_checkpoint(const std::filesystem::path& directory, const ConversionRules& rules,
                           const std::vector<Fsdp*>& stages, const ExportOptions& options = {});
 

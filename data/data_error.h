@@ -2,13 +2,10 @@
 // message naming the file and what is wrong with it (and where).
 #pragma once
 
-#include <stdexcept>
+#include "fsdp/errors.h"
 
 namespace fsdp::data {
 
-class DataError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
+using DataError = fsdp::DataError;
 
 }  // namespace fsdp::data

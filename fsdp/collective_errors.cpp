@@ -19,8 +19,13 @@ at::TensorOptions options_for(ProcessGroup& group, c10::ScalarType type) {
 void run_agreeing_on_failure(ProcessGroup& group, const std::function<void()>& work) {
   std::string message;
   bool failed = false;
+  ErrorKind kind = ErrorKind::kOther;
   try {
     work();
+  } catch (const Error& error) {
+    failed = true;
+    message = error.what();
+    kind = error.kind();
   } catch (const std::exception& error) {
     failed = true;
     message = error.what();
@@ -36,19 +41,25 @@ void run_agreeing_on_failure(ProcessGroup& group, const std::function<void()>& w
   if (speaker == group.size()) return;
 
   const auto root = static_cast<int>(speaker);
-  auto length =
-      at::full({1}, static_cast<std::int64_t>(message.size()), options_for(group, at::kLong));
-  group.broadcast(span_of(length), root);
-  const auto bytes = length.cpu().item<std::int64_t>();
+  auto header =
+      at::tensor({static_cast<std::int64_t>(message.size()), static_cast<std::int64_t>(kind)},
+                 at::kLong)
+          .to(options_for(group, at::kLong).device());
+  group.broadcast(span_of(header), root);
+  header = header.cpu();
+  const auto bytes = header[0].item<std::int64_t>();
+  const auto agreed_kind = static_cast<ErrorKind>(header[1].item<std::int64_t>());
   auto text = at::zeros({bytes}, at::kByte);
   if (group.rank() == root)
     std::copy(message.begin(), message.end(), text.data_ptr<std::uint8_t>());
   auto on_group = text.to(options_for(group, at::kByte).device());
   group.broadcast(span_of(on_group), root);
   text = on_group.cpu();
-  throw RankFailedError("rank " + std::to_string(root) + ": " +
-                        std::string(reinterpret_cast<const char*>(text.data_ptr<std::uint8_t>()),
-                                    static_cast<std::size_t>(bytes)));
+  throw_error(agreed_kind,
+              "rank " + std::to_string(root) + ": " +
+                  std::string(reinterpret_cast<const char*>(text.data_ptr<std::uint8_t>()),
+                              static_cast<std::size_t>(bytes)),
+              root);
 }
 
 }  // namespace fsdp

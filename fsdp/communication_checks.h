@@ -1,4 +1,4 @@
-// Check helpers for MPI, CUDA and NCCL calls (STYLE.md, habit 3).
+// Check helpers for MPI, CUDA and NCCL calls.
 //
 // A failed call throws CommunicationError whose message names the call, the
 // library's own explanation, the rank, the host and file:line, e.g.

@@ -91,11 +91,8 @@ struct CommunicationStatistics {
   double exposed_seconds() const { return restore_seconds + reduce_seconds; }
 };
 
-// A parameter was read while its stage's weights were not restored.
-class NotRestoredError : public std::logic_error {
- public:
-  using std::logic_error::logic_error;
-};
+// A parameter read while its stage's weights were not restored throws
+// NotRestoredError (fsdp/errors.h).
 
 class Fsdp {
  public:

@@ -13,7 +13,8 @@
 //
 // Note [Collective deadlines]
 // Nothing in the runtime waits without a deadline on something another rank
-// must do (STYLE.md, habit 4). CollectiveWork::wait() gives up after the
+// must do: a peer that died or took another path must end the job with a
+// message, never hang it. CollectiveWork::wait() gives up after the
 // group's timeout and throws CollectiveTimeoutError naming the collective, the
 // rank and the host; the launcher turns that, like any error, into an abort of
 // the whole job. A waiting rank polls rather than blocking inside MPI, so it
@@ -26,6 +27,7 @@
 #include <string>
 #include <string_view>
 
+#include "fsdp/errors.h"
 #include "fsdp/tensor_span.h"
 
 namespace fsdp {
@@ -34,15 +36,15 @@ enum class ReduceOp { kSum, kAverage, kMin, kMax };
 std::string_view reduce_op_name(ReduceOp op);
 
 // A collective that did not finish within the group's timeout.
-class CollectiveTimeoutError : public std::runtime_error {
+class CollectiveTimeoutError : public CollectiveError {
  public:
-  using std::runtime_error::runtime_error;
+  using CollectiveError::CollectiveError;
 };
 
 // A failure reported by MPI, NCCL or CUDA (the message names the call, the rank and the host).
-class CommunicationError : public std::runtime_error {
+class CommunicationError : public CollectiveError {
  public:
-  using std::runtime_error::runtime_error;
+  using CollectiveError::CollectiveError;
 };
 
 // An in-flight collective.

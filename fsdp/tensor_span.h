@@ -1,6 +1,6 @@
 // A typed, counted view of contiguous memory: what collectives and kernels take.
 //
-// Collectives never take a hand-computed byte count (STYLE.md, habit 2): the
+// Collectives never take a hand-computed byte count (the classic MPI bug): the
 // count and the element type travel together in a TensorSpan, built from a
 // tensor by `span_of` (fsdp/torch_interop.h) or from a std::vector by `host_span`.
 #pragma once

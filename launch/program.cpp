@@ -99,10 +99,13 @@ int run_program(int argc, char** argv, const ProgramInfo& info,
   try {
     runtime.connect(runtime_options);
     return body(runtime, values);
-  } catch (const RankFailedError& error) {
-    // Every rank is here with the same message: no need to abort anyone.
-    if (runtime.rank() == 0) std::cerr << info.name << ": " << error.what() << std::endl;
-    return 1;
+  } catch (const Error& error) {
+    // Agreed: every rank is here with the same message, no need to abort anyone.
+    if (error.failing_rank() >= 0) {
+      if (runtime.rank() == 0) std::cerr << info.name << ": " << error.what() << std::endl;
+      return 1;
+    }
+    runtime.abort_job(info.name + ": " + error.what());
   } catch (const std::exception& error) {
     runtime.abort_job(info.name + ": " + error.what());
   } catch (...) {

@@ -14,9 +14,10 @@
 //     with 0 (help) or 2 (bad option) -- all ranks parse the same command line,
 //     so all stop together without waiting on each other.
 //   * `info.preflight` failures are reported like bad options (once, status 2).
-//   * A RankFailedError escaping `body` (fsdp/collective_errors.h: every rank
-//     throws it together, with the failing rank's message) is printed once,
-//     by rank 0, and every rank exits with status 1.
+//   * An error agreed across ranks escaping `body` (fsdp::Error with a
+//     failing_rank(), fsdp/collective_errors.h: every rank throws it
+//     together, with the failing rank's message) is printed once, by rank 0,
+//     and every rank exits with status 1.
 //   * Any other exception escaping `body` on any rank prints that rank's message
 //     (with rank and host) and aborts the whole job with exit status 1: never a hang.
 #pragma once

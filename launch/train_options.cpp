@@ -83,7 +83,7 @@ void take_model_from_hf(const po::variables_map& values, TrainOptions& options) 
   models::HfModelConfig hf;
   try {
     hf = models::read_hf_config(directory);
-  } catch (const std::invalid_argument& error) {
+  } catch (const ConfigurationError& error) {
     throw po::error(std::string("--init-from-hf: ") + error.what());
   }
   const auto agree = [&](const std::string& option, std::int64_t given, std::int64_t config,

@@ -6,7 +6,8 @@
 // of parameters.
 //
 // Every rank runs it; only rank 0 prints. Collective throughout: every failure
-// after the preflight is agreed by all ranks (RankFailedError) or ends the job.
+// after the preflight is agreed by all ranks (an fsdp::Error with its
+// failing_rank(), fsdp/errors.h) or ends the job.
 #pragma once
 
 #include <ostream>

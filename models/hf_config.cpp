@@ -6,6 +6,7 @@
 #include <set>
 #include <stdexcept>
 
+#include "fsdp/errors.h"
 #include "models/llama_config_json.h"
 
 namespace fsdp::models {
@@ -28,7 +29,7 @@ class ConfigFields {
 
   [[noreturn]] void refuse(const std::string& field, const std::string& found,
                            const std::string& expected) const {
-    throw std::invalid_argument(source_ + ": \"" + field + "\" is " + found + "; " + expected);
+    throw ConfigurationError(source_ + ": \"" + field + "\" is " + found + "; " + expected);
   }
 
   bool has(const std::string& field) const {
@@ -269,7 +270,7 @@ LlamaConfig function_of(LlamaConfig config) {
 
 HfModelConfig hf_config_from_json(const json& config, const std::string& source_name) {
   if (!config.is_object()) {
-    throw std::invalid_argument(source_name + ": expected a JSON object, found " + shown(config));
+    throw ConfigurationError(source_name + ": expected a JSON object, found " + shown(config));
   }
   const ConfigFields fields(config, source_name);
   HfModelConfig result;
@@ -346,14 +347,14 @@ HfModelConfig read_hf_config(const std::filesystem::path& directory) {
   const std::filesystem::path path = directory / "config.json";
   std::ifstream file(path);
   if (!file) {
-    throw std::invalid_argument(path.string() +
-                                ": cannot be read (an HF model directory needs its config.json)");
+    throw ConfigurationError(path.string() +
+                             ": cannot be read (an HF model directory needs its config.json)");
   }
   json config;
   try {
     config = json::parse(file);
   } catch (const json::exception& error) {
-    throw std::invalid_argument(path.string() + ": not valid JSON (" + error.what() + ")");
+    throw ConfigurationError(path.string() + ": not valid JSON (" + error.what() + ")");
   }
   return hf_config_from_json(config, path.string());
 }
@@ -427,21 +428,21 @@ HfModelConfig hf_config_for_export(const LlamaConfig& model, const json& source,
       }
     }
     if (model.sliding_window > 0) {
-      throw std::invalid_argument(
+      throw ConfigurationError(
           "export: a sliding-window model that did not come from an HF config cannot be described "
           "by a transformers config here");
     }
   }
   if (type == "llama" && model.experts == 0 && model.qkv_bias != model.output_bias) {
-    throw std::invalid_argument("export: llama configs cannot give q/k/v biases without o_proj's");
+    throw ConfigurationError("export: llama configs cannot give q/k/v biases without o_proj's");
   }
   // The config must describe exactly this model: read it back and compare
   // every field (models/llama_config_json.h lists them) of the two functions.
   HfModelConfig described = hf_config_from_json(config, "exported config.json");
   if (to_json(function_of(described.model)) != to_json(function_of(model))) {
-    throw std::invalid_argument("export: no " + type +
-                                " config describes this model exactly (the exported config.json "
-                                "would compute a different function)");
+    throw ConfigurationError("export: no " + type +
+                             " config describes this model exactly (the exported config.json "
+                             "would compute a different function)");
   }
   return described;
 }

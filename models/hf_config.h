@@ -28,6 +28,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "fsdp/errors.h"
 #include "models/llama.h"
 
 namespace fsdp::models {
@@ -42,8 +43,9 @@ struct HfModelConfig {
   nlohmann::json source;           // config.json as read, for export
 };
 
-// Reads `directory`/config.json. Throws std::invalid_argument naming the file,
-// the field, the value found and what is supported or expected.
+// Reads `directory`/config.json. Throws fsdp::ConfigurationError
+// (fsdp/errors.h) naming the file, the field, the value found and what is
+// supported or expected.
 HfModelConfig read_hf_config(const std::filesystem::path& directory);
 // The same from parsed JSON; `source_name` names it in messages.
 HfModelConfig hf_config_from_json(const nlohmann::json& config, const std::string& source_name);
@@ -55,7 +57,7 @@ HfModelConfig hf_config_from_json(const nlohmann::json& config, const std::strin
 // matching transformers architecture: "llama" for a dense model, "qwen3_moe"
 // for an MoE one with Qwen expert naming, "mixtral" with Mixtral naming.
 // `dtype` is what the exported tensors are stored as. Throws
-// std::invalid_argument for a model no transformers architecture computes
+// fsdp::ConfigurationError for a model no transformers architecture computes
 // (stacked layers export unstacked, so they are fine).
 HfModelConfig hf_config_for_export(const LlamaConfig& model, const nlohmann::json& source,
                                    const std::string& dtype);

@@ -3,10 +3,10 @@
 #include <fstream>
 #include <stdexcept>
 
+#include "checkpoint/checkpoint_error.h"
 #include "checkpoint/conversion_rules.h"
 #include "checkpoint/hf_checkpoint.h"
 #include "checkpoint/hf_export.h"
-#include "fsdp/collective_errors.h"
 #include "models/hf_config.h"
 #include "models/llama_conversion.h"
 
@@ -62,7 +62,6 @@ nlohmann::json export_hf_model(const fs::path& directory, const LlamaConfig& mod
                                const HfExportSource& source, SafetensorsDtype dtype,
                                const std::vector<Fsdp*>& stages) {
   if (stages.empty()) throw std::invalid_argument("export_hf_model: no stages");
-  ProcessGroup& group = stages.front()->group();
   // Every rank builds the config (cheap, and each needs its expert naming).
   const HfModelConfig exported =
       hf_config_for_export(model, source.config, export_dtype_name(dtype));
@@ -72,22 +71,32 @@ nlohmann::json export_hf_model(const fs::path& directory, const LlamaConfig& mod
 
   checkpoint::ExportOptions options;
   options.dtype = dtype;
-  checkpoint::export_hf_checkpoint(directory, llama_conversion_rules(named), stages, options);
-
-  run_agreeing_on_failure(group, [&] {
-    if (group.rank() != 0) return;
-    const fs::path config_path = directory / "config.json";
+  // Into the staging directory, so that the export appears whole or not at all.
+  options.write_companions = [&](const fs::path& staging) {
+    const fs::path config_path = staging / "config.json";
     std::ofstream file(config_path);
     file << config.dump(2) << "\n";
     file.close();
-    if (!file) throw std::runtime_error("export: cannot write " + config_path.string());
-    if (source.directory.empty()) return;
-    for (const auto& entry : fs::directory_iterator(source.directory)) {
-      if (!entry.is_regular_file() || !is_companion_file(entry.path())) continue;
-      fs::copy_file(entry.path(), directory / entry.path().filename(),
-                    fs::copy_options::overwrite_existing);
+    if (!file) {
+      throw checkpoint::CheckpointError("HF export: cannot write " + config_path.string());
     }
-  });
+    if (source.directory.empty()) return;
+    std::error_code error;
+    for (const auto& entry : fs::directory_iterator(source.directory, error)) {
+      if (!entry.is_regular_file() || !is_companion_file(entry.path())) continue;
+      fs::copy_file(entry.path(), staging / entry.path().filename(),
+                    fs::copy_options::overwrite_existing, error);
+      if (error) {
+        throw checkpoint::CheckpointError("HF export: cannot copy " + entry.path().string() +
+                                          " into " + staging.string() + ": " + error.message());
+      }
+    }
+    if (error) {
+      throw checkpoint::CheckpointError("HF export: cannot list " + source.directory.string() +
+                                        ": " + error.message());
+    }
+  };
+  checkpoint::export_hf_checkpoint(directory, llama_conversion_rules(named), stages, options);
   return config;
 }
 

@@ -34,7 +34,7 @@ json qwen3_moe(std::int64_t experts) {
 std::string refusal(const json& config) {
   try {
     hf_config_from_json(config, "dir/config.json");
-  } catch (const std::invalid_argument& error) {
+  } catch (const ConfigurationError& error) {
     return error.what();
   }
   return "(accepted)";

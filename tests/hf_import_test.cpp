@@ -2,6 +2,10 @@
 // trips, fused experts and stacked layers against tensors assembled by hand,
 // transposed/reshaped/low-precision sources, and the strict errors.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+
+#include <chrono>
+#include <csignal>
 
 #include "checkpoint/checkpoint_error.h"
 #include "checkpoint/element_conversion.h"
@@ -331,8 +335,9 @@ TEST(HfImportErrors, NanInTheCheckpointIsReportedAndTheShardsArePoisoned) {
   auto model = build_model(broken.config, broken.group);
   model->initialize_weights(5);
   const auto rules = models::llama_conversion_rules(broken.config);
-  // (CheckpointError on the rank that found it, RankFailedError on the others.)
-  EXPECT_THROW(checkpoint::import_hf_checkpoint(path, rules, model->stages()), std::exception);
+  // A CheckpointError on every rank, whichever rank found the NaN.
+  EXPECT_THROW(checkpoint::import_hf_checkpoint(path, rules, model->stages()),
+               checkpoint::CheckpointError);
   for (auto* stage : model->stages()) {
     const auto padding = stage->layout().padding_in_shard(stage->group().rank());
     const auto shard = stage->weight_shard();
@@ -480,6 +485,57 @@ TEST(HfExportErrors, NeverReplacesADirectoryThatIsNotACheckpoint) {
       },
       {"precious", "refusing to replace"});
   EXPECT_EQ(file_bytes(precious / "notes.txt"), "keep me");
+}
+
+// A full disk on one writing rank (simulated by a file-size limit on the last
+// rank) fails the export with that rank's CheckpointError on every rank --
+// not a collective mismatch ending in a timeout -- and the previous export
+// stays as it was.
+TEST(HfExportErrors, AFullDiskOnOneWritingRankIsAgreedAndLosesNothing) {
+  auto group = runtime().process_group();
+  SharedDirectory directory(*group, "hf_export_full_disk");
+  const auto config = small_llama(4);
+  auto model = build_model(config, group);
+  model->initialize_weights(5);
+  const auto rules = models::llama_conversion_rules(config);
+  const auto target = directory / "export";
+  checkpoint::export_hf_checkpoint(target, rules, model->stages(), sharded_export());
+  const auto before = read_hf_tensors(target);
+  std::int64_t files = 0;
+  for (const auto& entry : fs::directory_iterator(target)) {
+    files += entry.path().extension() == ".safetensors";
+  }
+  ASSERT_GE(files, group->size()) << "every rank must write a file for this test";
+
+  const int full_rank = group->size() - 1;
+  rlimit original{};
+  getrlimit(RLIMIT_FSIZE, &original);
+  const auto previous_handler = std::signal(SIGXFSZ, SIG_IGN);  // EFBIG instead of a signal
+  if (group->rank() == full_rank) {
+    rlimit limited = original;
+    limited.rlim_cur = 1024;
+    setrlimit(RLIMIT_FSIZE, &limited);
+  }
+  const auto timeout = group->timeout();
+  group->set_timeout(std::chrono::seconds(30));  // a regression fails in 30 s, not 120
+  model->initialize_weights(6);                  // other weights: a replacement would show
+  try {
+    checkpoint::export_hf_checkpoint(target, rules, model->stages(), sharded_export());
+    ADD_FAILURE() << "the export succeeded on a full disk";
+  } catch (const checkpoint::CheckpointError& error) {
+    EXPECT_EQ(error.failing_rank(), full_rank);
+    const std::string message = error.what();
+    EXPECT_EQ(message.rfind("rank " + std::to_string(full_rank) + ": ", 0), 0u) << message;
+    EXPECT_NE(message.find(".safetensors"), std::string::npos) << message;
+  }
+  group->set_timeout(timeout);
+  setrlimit(RLIMIT_FSIZE, &original);
+  std::signal(SIGXFSZ, previous_handler);
+  const auto after = read_hf_tensors(target);
+  ASSERT_EQ(after.size(), before.size());
+  for (const auto& [name, tensor] : before) {
+    EXPECT_TRUE(at::equal(after.at(name), tensor)) << name << " changed";
+  }
 }
 
 }  // namespace

@@ -99,7 +99,7 @@ DiffReport diff_with_hf(TensorSource& distributed, TensorSource& hf, bool distri
   if (std::filesystem::is_regular_file(hf_config)) {
     try {
       model.expert_naming = models::read_hf_config(hf.path()).model.expert_naming;
-    } catch (const std::invalid_argument& error) {
+    } catch (const ConfigurationError& error) {
       throw CheckpointError(error.what());
     }
   }
