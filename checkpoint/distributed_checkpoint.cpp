@@ -24,6 +24,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
+namespace key = index_key;
 
 fs::path staging_path(const fs::path& directory) { return directory.string() + ".partial"; }
 fs::path previous_path(const fs::path& directory) { return directory.string() + ".previous"; }
@@ -65,17 +66,17 @@ json stage_to_json(const Fsdp& stage) {
   const auto& layout = stage.layout();
   json parameters = json::array();
   for (const auto& slot : layout.parameters()) {
-    parameters.push_back({{"name", slot.name},
-                          {"shape", slot.shape},
-                          {"dtype", std::string(element_type_name(slot.dtype))},
-                          {"flat_range", {slot.flat_range.begin, slot.flat_range.end}}});
+    parameters.push_back({{key::kName, slot.name},
+                          {key::kShape, slot.shape},
+                          {key::kDtype, std::string(element_type_name(slot.dtype))},
+                          {key::kFlatRange, {slot.flat_range.begin, slot.flat_range.end}}});
   }
-  return {
-      {"name", stage.stage_name()},
-      {"shard_dtype", std::string(element_type_name(element_type_of(stage.options().shard_dtype)))},
-      {"unpadded_numel", layout.unpadded_numel()},
-      {"shard_numel", layout.shard_numel()},
-      {"parameters", parameters}};
+  return {{key::kName, stage.stage_name()},
+          {key::kShardDtype,
+           std::string(element_type_name(element_type_of(stage.options().shard_dtype)))},
+          {key::kUnpaddedNumel, layout.unpadded_numel()},
+          {key::kShardNumel, layout.shard_numel()},
+          {key::kParameters, parameters}};
 }
 
 // The shards one rank writes, by tensor name.
@@ -109,9 +110,9 @@ WrittenFile write_rank_file(const fs::path& path, int rank, int world_size,
     declarations.push_back({name, safetensors_dtype_of(tensor.scalar_type()), {tensor.numel()}});
   }
   SafetensorsWriter writer(path, declarations,
-                           {{"format", kCheckpointFormat},
-                            {"rank", std::to_string(rank)},
-                            {"world_size", std::to_string(world_size)}},
+                           {{rank_file_metadata_key::kFormat, kCheckpointFormat},
+                            {rank_file_metadata_key::kRank, std::to_string(rank)},
+                            {rank_file_metadata_key::kWorldSize, std::to_string(world_size)}},
                            options.checksum_block_bytes);
   for (const auto& entry : writer.tensors_in_file_order()) {
     const auto& tensor = std::find_if(shards.begin(), shards.end(), [&](const auto& shard) {
@@ -167,42 +168,43 @@ CheckpointIndex parse_index(const fs::path& directory) {
   } catch (const json::exception& error) {
     throw CheckpointError(context + ": not valid JSON: " + error.what());
   }
-  if (!root.is_object() || root.value("format", std::string()) != kCheckpointFormat) {
+  if (!root.is_object() || root.value(key::kFormat, std::string()) != kCheckpointFormat) {
     throw CheckpointError(context + ": not an " + std::string(kCheckpointFormat) + " index");
   }
-  const int version = field<int>(root, "format_version", context);
+  const int version = field<int>(root, key::kFormatVersion, context);
   if (version != kCheckpointFormatVersion) {
     throw CheckpointError(context + ": format version " + std::to_string(version) +
                           ", this build reads version " + std::to_string(kCheckpointFormatVersion));
   }
   CheckpointIndex index;
   index.directory = directory;
-  index.world_size = field<int>(root, "world_size", context);
-  index.step = field<std::int64_t>(root, "step", context);
-  index.training_config = root.value("training_config", json::object());
-  index.has_gradients = field<bool>(root, "gradients", context);
-  index.has_optimizer = field<bool>(root, "optimizer", context);
-  index.optimizer_steps = root.value("optimizer_steps", std::int64_t{0});
+  index.world_size = field<int>(root, key::kWorldSize, context);
+  index.step = field<std::int64_t>(root, key::kStep, context);
+  index.training_config = root.value(key::kTrainingConfig, json::object());
+  index.has_gradients = field<bool>(root, key::kGradients, context);
+  index.has_optimizer = field<bool>(root, key::kOptimizer, context);
+  index.optimizer_steps = root.value(key::kOptimizerSteps, std::int64_t{0});
   if (index.world_size < 1) throw CheckpointError(context + ": world_size must be at least 1");
-  for (const auto& stage : field<json>(root, "stages", context)) {
+  for (const auto& stage : field<json>(root, key::kStages, context)) {
     StageRecord record;
-    record.name = field<std::string>(stage, "name", context);
+    record.name = field<std::string>(stage, key::kName, context);
     const std::string stage_context = context + ": stage \"" + record.name + "\"";
-    record.shard_dtype = field<std::string>(stage, "shard_dtype", stage_context);
-    record.unpadded_numel = field<std::int64_t>(stage, "unpadded_numel", stage_context);
-    record.shard_numel = field<std::int64_t>(stage, "shard_numel", stage_context);
+    record.shard_dtype = field<std::string>(stage, key::kShardDtype, stage_context);
+    record.unpadded_numel = field<std::int64_t>(stage, key::kUnpaddedNumel, stage_context);
+    record.shard_numel = field<std::int64_t>(stage, key::kShardNumel, stage_context);
     if (record.shard_numel * index.world_size < record.unpadded_numel) {
       throw CheckpointError(stage_context + ": " + std::to_string(index.world_size) +
                             " shards of " + std::to_string(record.shard_numel) +
                             " elements cannot hold " + std::to_string(record.unpadded_numel));
     }
-    for (const auto& parameter : field<json>(stage, "parameters", stage_context)) {
+    for (const auto& parameter : field<json>(stage, key::kParameters, stage_context)) {
       ParameterSpec spec;
-      spec.name = field<std::string>(parameter, "name", stage_context);
-      spec.shape = field<std::vector<std::int64_t>>(parameter, "shape", stage_context);
-      spec.dtype = element_type_named(field<std::string>(parameter, "dtype", stage_context),
+      spec.name = field<std::string>(parameter, key::kName, stage_context);
+      spec.shape = field<std::vector<std::int64_t>>(parameter, key::kShape, stage_context);
+      spec.dtype = element_type_named(field<std::string>(parameter, key::kDtype, stage_context),
                                       stage_context + " parameter \"" + spec.name + "\"");
-      const auto range = field<std::vector<std::int64_t>>(parameter, "flat_range", stage_context);
+      const auto range =
+          field<std::vector<std::int64_t>>(parameter, key::kFlatRange, stage_context);
       if (range.size() != 2)
         throw CheckpointError(stage_context + ": flat_range must be [begin, end]");
       record.parameters.push_back(std::move(spec));
@@ -210,17 +212,28 @@ CheckpointIndex parse_index(const fs::path& directory) {
     }
     index.stages.push_back(std::move(record));
   }
-  for (const auto& file : field<json>(root, "files", context)) {
+  for (const auto& file : field<json>(root, key::kFiles, context)) {
     FileRecord record;
-    record.name = field<std::string>(file, "name", context);
-    record.bytes = field<std::int64_t>(file, "bytes", context);
-    const auto checksum = field<json>(file, "checksum", context + ": file " + record.name);
-    if (checksum.value("algorithm", std::string()) != kChecksumAlgorithm) {
+    record.name = field<std::string>(file, key::kName, context);
+    // The name is fixed by the rank: an index cannot point a reader at a file
+    // outside the checkpoint directory ("../x", "/etc/passwd") or at another rank's.
+    const int rank = static_cast<int>(index.files.size());
+    const std::string expected_name = rank_file_name(rank, index.world_size);
+    if (record.name != expected_name) {
+      throw CheckpointError(context + ": file " + std::to_string(rank) + " is named \"" +
+                            record.name.substr(0, 80) + (record.name.size() > 80 ? "..." : "") +
+                            "\"; rank " + std::to_string(rank) + "'s file must be \"" +
+                            expected_name + "\", in the checkpoint directory");
+    }
+    file_inside(directory, record.name, context + ": file " + std::to_string(rank));  // symlinks
+    record.bytes = field<std::int64_t>(file, key::kBytes, context);
+    const auto checksum = field<json>(file, key::kChecksum, context + ": file " + record.name);
+    if (checksum.value(key::kAlgorithm, std::string()) != kChecksumAlgorithm) {
       throw CheckpointError(context + ": file " + record.name + ": checksum algorithm must be " +
                             kChecksumAlgorithm);
     }
-    record.checksum_block_bytes = field<std::int64_t>(checksum, "block_bytes", context);
-    for (const auto& block : field<std::vector<std::string>>(checksum, "blocks", context)) {
+    record.checksum_block_bytes = field<std::int64_t>(checksum, key::kBlockBytes, context);
+    for (const auto& block : field<std::vector<std::string>>(checksum, key::kBlocks, context)) {
       record.checksums.push_back(parse_checksum(block, context + ": file " + record.name));
     }
     const auto expected_blocks =
@@ -410,27 +423,27 @@ void save_checkpoint(const fs::path& directory, const std::vector<Fsdp*>& stages
       for (std::int64_t b = 1; b < lengths[r]; ++b) {
         blocks.push_back(format_checksum(static_cast<std::uint64_t>(records[cursor + b])));
       }
-      files.push_back({{"name", rank_file_name(r, world_size)},
-                       {"rank", r},
-                       {"bytes", records[cursor]},
-                       {"checksum",
-                        {{"algorithm", kChecksumAlgorithm},
-                         {"block_bytes", options.checksum_block_bytes},
-                         {"blocks", blocks}}}});
+      files.push_back({{key::kName, rank_file_name(r, world_size)},
+                       {key::kRank, r},
+                       {key::kBytes, records[cursor]},
+                       {key::kChecksum,
+                        {{key::kAlgorithm, kChecksumAlgorithm},
+                         {key::kBlockBytes, options.checksum_block_bytes},
+                         {key::kBlocks, blocks}}}});
       cursor += static_cast<std::size_t>(lengths[r]);
     }
     json stage_records = json::array();
     for (const auto* stage : stages) stage_records.push_back(stage_to_json(*stage));
-    const json index = {{"format", kCheckpointFormat},
-                        {"format_version", kCheckpointFormatVersion},
-                        {"world_size", world_size},
-                        {"step", options.step},
-                        {"training_config", options.training_config},
-                        {"gradients", options.gradients},
-                        {"optimizer", optimizer != nullptr},
-                        {"optimizer_steps", optimizer ? optimizer->steps_taken() : 0},
-                        {"stages", stage_records},
-                        {"files", files}};
+    const json index = {{key::kFormat, kCheckpointFormat},
+                        {key::kFormatVersion, kCheckpointFormatVersion},
+                        {key::kWorldSize, world_size},
+                        {key::kStep, options.step},
+                        {key::kTrainingConfig, options.training_config},
+                        {key::kGradients, options.gradients},
+                        {key::kOptimizer, optimizer != nullptr},
+                        {key::kOptimizerSteps, optimizer ? optimizer->steps_taken() : 0},
+                        {key::kStages, stage_records},
+                        {key::kFiles, files}};
     write_index(staging / kCheckpointIndexFileName, index);
     sync_directory(staging);
     const auto old = replace_directory(staging, directory, previous_path(directory));

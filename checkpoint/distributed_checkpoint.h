@@ -1,5 +1,6 @@
 // The runtime's own checkpoint: a directory holding one safetensors file per
-// rank with that rank's shards, and an index.
+// rank with that rank's shards, and an index (specified in
+// docs/checkpoint-format.md; the names are in checkpoint_format.h).
 //
 //   DIR/index.json                          format, world size, step, training
 //                                           config, every stage's layout, and
@@ -31,6 +32,7 @@
 #include <string_view>
 #include <vector>
 
+#include "checkpoint/checkpoint_format.h"
 #include "fsdp/fsdp.h"
 
 namespace fsdp::stages {
@@ -38,10 +40,6 @@ class ShardedAdamW;
 }
 
 namespace fsdp::checkpoint {
-
-inline constexpr const char* kCheckpointFormat = "fsdp-runtime-checkpoint";
-inline constexpr int kCheckpointFormatVersion = 1;
-inline constexpr const char* kCheckpointIndexFileName = "index.json";
 
 // "rank-00001-of-00004.safetensors"
 std::string rank_file_name(int rank, int world_size);

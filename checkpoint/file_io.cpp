@@ -103,6 +103,35 @@ void File::close() {
   if (descriptor >= 0 && ::close(descriptor) != 0) throw_system_error("cannot close", path_);
 }
 
+std::filesystem::path file_inside(const std::filesystem::path& directory, const std::string& name,
+                                  const std::string& context, bool hf_cache_layout) {
+  const std::string shown = "\"" + name.substr(0, 80) + (name.size() > 80 ? "...\"" : "\"");
+  if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos ||
+      name.find('\0') != std::string::npos) {
+    throw CheckpointError(context + ": " + shown +
+                          " is not a plain file name; the files a checkpoint names must lie in "
+                          "its own directory");
+  }
+  const auto path = directory / name;
+  std::error_code error;
+  const auto resolved = std::filesystem::weakly_canonical(path, error);
+  const auto home = std::filesystem::weakly_canonical(directory, error);
+  bool inside = !error && resolved.parent_path() == home;
+  const auto snapshots =
+      std::filesystem::absolute(directory, error).lexically_normal().parent_path();
+  if (!inside && hf_cache_layout && !error && snapshots.filename() == "snapshots") {
+    const auto repository = std::filesystem::weakly_canonical(snapshots.parent_path(), error);
+    const auto relative = resolved.lexically_relative(repository);
+    inside = !error && !relative.empty() && *relative.begin() != "..";
+  }
+  if (!inside) {
+    throw CheckpointError(context + ": " + shown + " leads outside " + directory.string() +
+                          (error ? "" : " (to " + resolved.string() + ")") +
+                          "; the files a checkpoint names must lie in its own directory");
+  }
+  return path;
+}
+
 void sync_directory(const std::filesystem::path& directory) {
   const int descriptor = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (descriptor < 0) throw_system_error("cannot open directory", directory);

@@ -51,6 +51,17 @@ class File {
 // fsyncs a directory, so that entries created or renamed in it are durable.
 void sync_directory(const std::filesystem::path& directory);
 
+// `directory` / `name` for a file that a checkpoint's own metadata names (an
+// HF weight map, a distributed index): the name must be a plain file name --
+// not empty, not absolute, no "/", not "." or ".." -- and, symbolic links
+// followed, the file must lie inside `directory`. With
+// `hf_cache_layout`, a `directory` that is a snapshot of the HuggingFace hub
+// cache (REPO/snapshots/REVISION, whose files are links to REPO/blobs/...)
+// may also lead into REPO. Throws CheckpointError naming `context` and the
+// entry (cut to 80 characters) otherwise. The file need not exist.
+std::filesystem::path file_inside(const std::filesystem::path& directory, const std::string& name,
+                                  const std::string& context, bool hf_cache_layout = false);
+
 // Puts `staged` in place of `target` atomically. When `target` exists, the two
 // are exchanged (renameat2 RENAME_EXCHANGE) and the old content is left at
 // `staged` for the caller to delete; a crash at any moment leaves either the

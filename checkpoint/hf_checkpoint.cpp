@@ -7,6 +7,7 @@
 #include <set>
 
 #include "checkpoint/checkpoint_error.h"
+#include "checkpoint/file_io.h"
 
 namespace fsdp::checkpoint {
 namespace {
@@ -49,7 +50,9 @@ HfCheckpoint::HfCheckpoint(const std::filesystem::path& path) {
       keys_by_file[file.get<std::string>()].push_back(key);
     }
     for (const auto& [file_name, keys] : keys_by_file) {
-      const auto file_path = path / file_name;
+      const auto file_path =
+          file_inside(path, file_name, source_ + ": weight_map entry \"" + keys.front() + "\"",
+                      /*hf_cache_layout=*/true);
       if (!std::filesystem::exists(file_path, error)) {
         throw CheckpointError(source_ + ": weight_map puts \"" + keys.front() + "\" in " +
                               file_name + ", but " + file_path.string() + " does not exist");

@@ -236,6 +236,41 @@ TEST(DistributedCheckpointErrors, ADifferentModelIsALayoutMismatch) {
   saved.expect_load_error(saved.config, {"index.json", "stages", "layers_per_stage"}, 2);
 }
 
+// An index cannot send a reader outside the checkpoint directory: neither by
+// naming another path for a rank file, nor by a rank file that is a link out.
+TEST(DistributedCheckpointErrors, RankFilesOutsideTheDirectoryAreRefused) {
+  SavedCheckpoint saved;
+  const int last = saved.group->size() - 1;
+  const std::string name = checkpoint::rank_file_name(last, saved.group->size());
+  const auto rename_in_index = [&](const std::string& replacement) {
+    saved.edit([&] {
+      std::ifstream in(saved.path / "index.json");
+      auto index = nlohmann::json::parse(in);
+      in.close();
+      index["files"][last]["name"] = replacement;
+      std::ofstream(saved.path / "index.json") << index.dump(1);
+    });
+  };
+  saved.edit([&] {
+    fs::create_directories(saved.directory / "elsewhere");
+    fs::copy_file(saved.path / name, saved.directory / "elsewhere" / name);
+  });
+  rename_in_index("../elsewhere/" + name);
+  saved.expect_load_error(saved.config, {"index.json: file " + std::to_string(last) +
+                                             " is named \"../elsewhere/" + name + "\"",
+                                         "must be \"" + name + "\", in the checkpoint directory"});
+  rename_in_index("/etc/passwd");
+  saved.expect_load_error(saved.config, {"is named \"/etc/passwd\""});
+  rename_in_index(name);
+  saved.edit([&] {
+    fs::remove(saved.path / name);
+    fs::create_symlink(saved.directory / "elsewhere" / name, saved.path / name);
+  });
+  saved.expect_load_error(saved.config, {"index.json: file " + std::to_string(last) + ": \"" +
+                                             name + "\" leads outside",
+                                         "must lie in its own directory"});
+}
+
 TEST(DistributedCheckpointErrors, CorruptOrMissingIndex) {
   SavedCheckpoint saved;
   saved.edit([&] {

@@ -13,6 +13,7 @@
 #include "checkpoint/block_checksums.h"
 #include "checkpoint/checkpoint_error.h"
 #include "checkpoint/element_conversion.h"
+#include "checkpoint/hf_checkpoint.h"
 #include "checkpoint/safetensors_file.h"
 
 namespace fsdp::checkpoint {
@@ -260,6 +261,58 @@ TEST(BlockChecksums, StreamingInAnyPiecesEqualsOneShotPerBlock) {
   EXPECT_EQ(blocks[2], block_checksum(data.data() + 8192, 10'000 - 8192));
   EXPECT_EQ(parse_checksum(format_checksum(blocks[1]), "test"), blocks[1]);
   EXPECT_THROW(parse_checksum("xyz", "test"), CheckpointError);
+}
+
+// An HF index's weight map names files inside the checkpoint directory only:
+// never "../", an absolute path or a link leading out -- except the
+// HuggingFace hub cache's own layout, whose snapshot files link to ../../blobs.
+TEST_F(SafetensorsTest, HfWeightMapCannotLeaveTheDirectory) {
+  const auto write_tensor_file = [](const fs::path& file) {
+    const float values[2] = {1, 2};
+    SafetensorsWriter writer(file, {{"w", SafetensorsDtype::kFloat32, {2}}}, {});
+    writer.append(values, sizeof values);
+    writer.finish();
+  };
+  const auto write_index = [](const fs::path& directory, const std::string& file) {
+    std::ofstream(directory / "model.safetensors.index.json")
+        << R"({"weight_map": {"w": ")" << file << R"("}})";
+  };
+  const auto refusal = [](const fs::path& directory) -> std::string {
+    try {
+      HfCheckpoint checkpoint(directory);
+    } catch (const CheckpointError& error) {
+      return error.what();
+    }
+    return "(accepted)";
+  };
+  const auto model = path("model");
+  fs::create_directories(model);
+  write_tensor_file(path("outside.safetensors"));
+
+  write_index(model, "../outside.safetensors");
+  EXPECT_NE(refusal(model).find("weight_map entry \"w\": \"../outside.safetensors\" is not a "
+                                "plain file name"),
+            std::string::npos)
+      << refusal(model);
+  write_index(model, "/etc/passwd");
+  const std::string passwd = refusal(model);
+  EXPECT_NE(passwd.find("\"/etc/passwd\" is not a plain file name"), std::string::npos) << passwd;
+  EXPECT_EQ(passwd.find("header length"), std::string::npos) << "it must not have opened it";
+  fs::create_symlink("../outside.safetensors", model / "linked.safetensors");
+  write_index(model, "linked.safetensors");
+  EXPECT_NE(refusal(model).find("\"linked.safetensors\" leads outside"), std::string::npos)
+      << refusal(model);
+
+  // The hub cache: REPO/snapshots/REV/* link to REPO/blobs/*.
+  const auto repository = path("models--org--tiny");
+  const auto snapshot = repository / "snapshots" / "0123abc";
+  fs::create_directories(repository / "blobs");
+  fs::create_directories(snapshot);
+  write_tensor_file(repository / "blobs" / "9f8e7d");
+  fs::create_symlink("../../blobs/9f8e7d", snapshot / "model-00001-of-00001.safetensors");
+  write_index(snapshot, "model-00001-of-00001.safetensors");
+  EXPECT_EQ(refusal(snapshot), "(accepted)");
+  EXPECT_EQ(HfCheckpoint(snapshot).keys(), std::vector<std::string>{"w"});
 }
 
 }  // namespace
