@@ -8,7 +8,7 @@
 #include <algorithm>
 #include <chrono>
 
-#include "kernels/adamw.h"
+#include "fsdp/kernels/adamw.h"
 
 namespace fsdp::bench {
 namespace {

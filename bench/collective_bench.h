@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "launch/runtime.h"
+#include "fsdp/launch/runtime.h"
 
 namespace fsdp::bench {
 

@@ -17,8 +17,8 @@
 #include "bench/collective_bench.h"
 #include "bench/load_bench.h"
 #include "bench/step_bench.h"
-#include "launch/cpu_compute.h"
-#include "launch/program.h"
+#include "fsdp/launch/cpu_compute.h"
+#include "fsdp/launch/program.h"
 
 namespace po = boost::program_options;
 

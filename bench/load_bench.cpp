@@ -16,11 +16,11 @@
 #include <system_error>
 #include <vector>
 
-#include "checkpoint/hf_export.h"
-#include "checkpoint/hf_import.h"
-#include "models/llama.h"
-#include "models/llama_conversion.h"
-#include "stages/multi_stage_model.h"
+#include "fsdp/checkpoint/hf_export.h"
+#include "fsdp/checkpoint/hf_import.h"
+#include "fsdp/models/llama.h"
+#include "fsdp/models/llama_conversion.h"
+#include "fsdp/stages/multi_stage_model.h"
 
 namespace fsdp::bench {
 namespace {

@@ -25,7 +25,7 @@
 #include <cstdint>
 #include <filesystem>
 
-#include "launch/runtime.h"
+#include "fsdp/launch/runtime.h"
 
 namespace fsdp::bench {
 

@@ -10,9 +10,9 @@
 #include <algorithm>
 #include <functional>
 
-#include "models/llama.h"
-#include "stages/multi_stage_model.h"
-#include "stages/sharded_adamw.h"
+#include "fsdp/models/llama.h"
+#include "fsdp/stages/multi_stage_model.h"
+#include "fsdp/stages/sharded_adamw.h"
 
 namespace fsdp::bench {
 namespace {

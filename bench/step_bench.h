@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "launch/runtime.h"
+#include "fsdp/launch/runtime.h"
 
 namespace fsdp::bench {
 

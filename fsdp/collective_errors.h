@@ -29,7 +29,7 @@ namespace fsdp {
 // leaves the others waiting in a collective it never joins, and the job ends
 // in a timeout instead of this agreement. Fallible work between collectives
 // catches its failure, keeps taking part in the collectives, and rethrows
-// inside a later run_agreeing_on_failure (checkpoint/hf_export.cpp does).
+// inside a later run_agreeing_on_failure (fsdp/checkpoint/hf_export.cpp does).
 //
 // Tensors for the collectives are placed where the group wants them (host
 // for MPI, the current CUDA device for NCCL).

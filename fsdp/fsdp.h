@@ -55,7 +55,7 @@ struct FsdpOptions {
 };
 
 // Buffers a stage uses but does not own: shared round-robin with other stages
-// (stages/multi_stage_model.h). Null members mean the stage allocates its own.
+// (fsdp/stages/multi_stage_model.h). Null members mean the stage allocates its own.
 // A shared buffer must have at least layout().padded_numel() elements of the
 // compute dtype, on the stage's device.
 struct SharedStageBuffers {

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "fsdp/communication_checks.h"
-#include "kernels/cast.h"
+#include "fsdp/kernels/cast.h"
 
 namespace fsdp {
 namespace {

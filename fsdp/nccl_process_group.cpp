@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "fsdp/communication_checks.h"
+#include "fsdp/kernels/cast.h"
 #include "fsdp/mpi_process_group.h"
-#include "kernels/cast.h"
 
 namespace fsdp {
 namespace {

@@ -7,7 +7,7 @@
 
 #include <ATen/ATen.h>
 
-#include "kernels/adamw.h"
+#include "fsdp/kernels/adamw.h"
 
 namespace fsdp::kernels {
 namespace {

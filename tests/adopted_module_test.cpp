@@ -7,10 +7,10 @@
 #include <torch/optim/adamw.h>
 
 #include "fsdp/inspector.h"
+#include "fsdp/stages/adopted_module.h"
+#include "fsdp/stages/multi_stage_model.h"
+#include "fsdp/stages/sharded_adamw.h"
 #include "mpi_test_environment.h"
-#include "stages/adopted_module.h"
-#include "stages/multi_stage_model.h"
-#include "stages/sharded_adamw.h"
 
 namespace fsdp::stages {
 namespace {

@@ -6,7 +6,7 @@
 #include <cmath>
 #include <limits>
 
-#include "kernels/cast.h"
+#include "fsdp/kernels/cast.h"
 
 namespace fsdp::kernels {
 namespace {

@@ -10,10 +10,10 @@
 #include <gtest/gtest.h>
 #include <malloc.h>
 
-#include "checkpoint/hf_export.h"
-#include "checkpoint/hf_import.h"
 #include "checkpoint_test_support.h"
-#include "models/llama_conversion.h"
+#include "fsdp/checkpoint/hf_export.h"
+#include "fsdp/checkpoint/hf_import.h"
+#include "fsdp/models/llama_conversion.h"
 #include "mpi_test_environment.h"
 
 namespace fsdp::testing {

@@ -13,14 +13,14 @@
 #include <string>
 #include <vector>
 
-#include "checkpoint/element_conversion.h"
-#include "checkpoint/hf_checkpoint.h"
-#include "checkpoint/safetensors_file.h"
+#include "fsdp/checkpoint/element_conversion.h"
+#include "fsdp/checkpoint/hf_checkpoint.h"
+#include "fsdp/checkpoint/safetensors_file.h"
 #include "fsdp/inspector.h"
+#include "fsdp/models/llama.h"
 #include "fsdp/mpi_process_group.h"
+#include "fsdp/stages/multi_stage_model.h"
 #include "fsdp/torch_interop.h"
-#include "models/llama.h"
-#include "stages/multi_stage_model.h"
 
 namespace fsdp::testing {
 

@@ -5,7 +5,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "launch/cpu_compute.h"
+#include "fsdp/launch/cpu_compute.h"
 
 namespace fsdp::launch {
 namespace {

@@ -8,12 +8,12 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
-#include "checkpoint/checkpoint_error.h"
-#include "checkpoint/distributed_checkpoint.h"
 #include "checkpoint_test_support.h"
+#include "fsdp/checkpoint/checkpoint_error.h"
+#include "fsdp/checkpoint/distributed_checkpoint.h"
 #include "fsdp/mpi_process_group.h"
+#include "fsdp/stages/sharded_adamw.h"
 #include "mpi_test_environment.h"
-#include "stages/sharded_adamw.h"
 
 namespace fsdp::testing {
 namespace {

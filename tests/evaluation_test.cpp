@@ -1,4 +1,4 @@
-// The validation loss (launch/evaluation.h) at every world size:
+// The validation loss (fsdp/launch/evaluation.h) at every world size:
 //   - for each real HF fixture, loaded from its config.json with no training,
 //     the loss over the fixture's token windows equals the loss transformers
 //     computed on them (make_fixtures.py), whatever the rows per forward --
@@ -9,15 +9,15 @@
 
 #include <ATen/ATen.h>
 
-#include "checkpoint/hf_import.h"
-#include "checkpoint/safetensors_file.h"
 #include "checkpoint_test_support.h"
-#include "data/token_dataset.h"
-#include "launch/evaluation.h"
-#include "models/hf_config.h"
-#include "models/llama_conversion.h"
+#include "fsdp/checkpoint/hf_import.h"
+#include "fsdp/checkpoint/safetensors_file.h"
+#include "fsdp/data/token_dataset.h"
+#include "fsdp/launch/evaluation.h"
+#include "fsdp/models/hf_config.h"
+#include "fsdp/models/llama_conversion.h"
+#include "fsdp/stages/multi_stage_model.h"
 #include "mpi_test_environment.h"
-#include "stages/multi_stage_model.h"
 #include "token_file_support.h"
 
 namespace fsdp::launch {

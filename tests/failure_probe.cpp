@@ -8,7 +8,7 @@
 #include <stdexcept>
 #include <thread>
 
-#include "launch/program.h"
+#include "fsdp/launch/program.h"
 
 namespace po = boost::program_options;
 

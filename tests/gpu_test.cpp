@@ -7,7 +7,7 @@
 
 #include "fsdp/fsdp.h"
 #include "fsdp/inspector.h"
-#include "kernels/cast.h"
+#include "fsdp/kernels/cast.h"
 #include "mpi_test_environment.h"
 
 #if FSDP_WITH_NCCL

@@ -3,7 +3,7 @@
 // supported (never a silently different function).
 #include <gtest/gtest.h>
 
-#include "models/hf_config.h"
+#include "fsdp/models/hf_config.h"
 
 namespace fsdp::models {
 namespace {

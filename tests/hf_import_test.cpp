@@ -7,13 +7,13 @@
 #include <chrono>
 #include <csignal>
 
-#include "checkpoint/checkpoint_error.h"
-#include "checkpoint/element_conversion.h"
-#include "checkpoint/hf_export.h"
-#include "checkpoint/hf_import.h"
-#include "checkpoint/load_verification.h"
 #include "checkpoint_test_support.h"
-#include "models/llama_conversion.h"
+#include "fsdp/checkpoint/checkpoint_error.h"
+#include "fsdp/checkpoint/element_conversion.h"
+#include "fsdp/checkpoint/hf_export.h"
+#include "fsdp/checkpoint/hf_import.h"
+#include "fsdp/checkpoint/load_verification.h"
+#include "fsdp/models/llama_conversion.h"
 #include "mpi_test_environment.h"
 
 namespace fsdp::testing {

@@ -14,17 +14,17 @@
 
 #include <fstream>
 
-#include "checkpoint/element_conversion.h"
-#include "checkpoint/hf_checkpoint.h"
-#include "checkpoint/hf_import.h"
-#include "checkpoint/safetensors_file.h"
 #include "checkpoint_test_support.h"
-#include "models/hf_config.h"
-#include "models/hf_model_io.h"
-#include "models/llama_config_json.h"
-#include "models/llama_conversion.h"
+#include "fsdp/checkpoint/element_conversion.h"
+#include "fsdp/checkpoint/hf_checkpoint.h"
+#include "fsdp/checkpoint/hf_import.h"
+#include "fsdp/checkpoint/safetensors_file.h"
+#include "fsdp/models/hf_config.h"
+#include "fsdp/models/hf_model_io.h"
+#include "fsdp/models/llama_config_json.h"
+#include "fsdp/models/llama_conversion.h"
+#include "fsdp/stages/multi_stage_model.h"
 #include "mpi_test_environment.h"
-#include "stages/multi_stage_model.h"
 
 namespace fsdp::models {
 namespace {

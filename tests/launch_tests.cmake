@@ -79,18 +79,20 @@ fsdp_add_program_test(missing_peer_times_out EXIT nonzero TIMEOUT 60
                       COMMAND ${FSDP_MPIRUN} -np 2 ${probe} --skip-on-rank 1 --collective-timeout 2
                       OUTPUT "all_reduce\\(sum\\) of 1 int32 on rank 0/2 .* did not complete within 2")
 
-# The benchmark program keeps working and keeps its --json contract (case,
-# bytes, ranks, ratio on every line). Timing itself is never asserted.
-fsdp_add_program_test(bench_json_smoke EXIT 0
-                      COMMAND ${FSDP_MPIRUN} -np 2 $<TARGET_FILE:fsdp-bench> --sizes-mib 0.25,1 --iterations 2 --warmup 1 --json
-                      OUTPUT "\"blas_optimised\":true.*\"case\":\"restore\".*\"ratio\":.*\"case\":\"reduce\""
-                      ONCE "\"bytes\":262144,\"case\":\"reduce\",\"dtype\":\"float32\".*\"ranks\":2")
-# The load case on a tiny generated checkpoint (a few MB), under its own
-# directory in the build tree: the same contract, plus its own figures.
-fsdp_add_program_test(bench_load_json_smoke EXIT 0 TIMEOUT 60
-                      COMMAND ${FSDP_MPIRUN} -np 2 $<TARGET_FILE:fsdp-bench> --case load --load-hidden 64 --load-experts 4 --load-layers 2 --iterations 2 --load-dir ${CMAKE_CURRENT_BINARY_DIR} --json
-                      OUTPUT "\"bytes_read_ratio\":.*\"rss_ratio\":"
-                      ONCE "\"bytes\":[0-9]+,.*\"case\":\"load\".*\"ranks\":2,\"ratio\":")
+if(TARGET fsdp-bench)  # FSDP_BUILD_BENCHMARKS
+  # The benchmark program keeps working and keeps its --json contract (case,
+  # bytes, ranks, ratio on every line). Timing itself is never asserted.
+  fsdp_add_program_test(bench_json_smoke EXIT 0
+                        COMMAND ${FSDP_MPIRUN} -np 2 $<TARGET_FILE:fsdp-bench> --sizes-mib 0.25,1 --iterations 2 --warmup 1 --json
+                        OUTPUT "\"blas_optimised\":true.*\"case\":\"restore\".*\"ratio\":.*\"case\":\"reduce\""
+                        ONCE "\"bytes\":262144,\"case\":\"reduce\",\"dtype\":\"float32\".*\"ranks\":2")
+  # The load case on a tiny generated checkpoint (a few MB), under its own
+  # directory in the build tree: the same contract, plus its own figures.
+  fsdp_add_program_test(bench_load_json_smoke EXIT 0 TIMEOUT 60
+                        COMMAND ${FSDP_MPIRUN} -np 2 $<TARGET_FILE:fsdp-bench> --case load --load-hidden 64 --load-experts 4 --load-layers 2 --iterations 2 --load-dir ${CMAKE_CURRENT_BINARY_DIR} --json
+                        OUTPUT "\"bytes_read_ratio\":.*\"rss_ratio\":"
+                        ONCE "\"bytes\":[0-9]+,.*\"case\":\"load\".*\"ranks\":2,\"ratio\":")
+endif()
 
 # fsdp-train across runs: resume gives the uninterrupted run's losses; world
 # sizes 2 and 3 agree (losses and, through shard-inspect --diff, weights).
@@ -100,12 +102,14 @@ add_test(NAME train_consistency
                  ${CMAKE_CURRENT_BINARY_DIR}/train_consistency)
 set_tests_properties(train_consistency PROPERTIES LABELS program TIMEOUT 600)
 
-# README's walkthrough, every command, with fewer steps.
-add_test(NAME readme_walkthrough
-         COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/readme_walkthrough.sh ${FSDP_MPIRUN}
-                 $<TARGET_FILE:fsdp-train> $<TARGET_FILE:shard-inspect> $<TARGET_FILE:fsdp-bench>
-                 ${FSDP_PYTHON} ${CMAKE_CURRENT_BINARY_DIR}/readme_walkthrough)
-set_tests_properties(readme_walkthrough PROPERTIES LABELS program TIMEOUT 600)
+if(TARGET fsdp-bench)
+  # README's walkthrough, every command, with fewer steps.
+  add_test(NAME readme_walkthrough
+           COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/readme_walkthrough.sh ${FSDP_MPIRUN}
+                   $<TARGET_FILE:fsdp-train> $<TARGET_FILE:shard-inspect> $<TARGET_FILE:fsdp-bench>
+                   ${FSDP_PYTHON} ${CMAKE_CURRENT_BINARY_DIR}/readme_walkthrough)
+  set_tests_properties(readme_walkthrough PROPERTIES LABELS program TIMEOUT 600)
+endif()
 
 # fsdp-train on real HF models: the model comes from config.json alone; a size
 # option that disagrees with it is refused, naming both values.
@@ -137,3 +141,20 @@ add_test(NAME prepare_and_train
                  $<TARGET_FILE:fsdp-train> ${FSDP_PYTHON} ${PROJECT_SOURCE_DIR}
                  ${CMAKE_CURRENT_BINARY_DIR}/prepare_and_train)
 set_tests_properties(prepare_and_train PROPERTIES LABELS program TIMEOUT 300)
+
+# The installed package: cmake --install, the out-of-tree example harness built
+# against it with find_package(fsdp) alone, trained, saved and resumed at
+# another world size.
+add_test(NAME package_example
+         COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/package_example.sh ${PROJECT_SOURCE_DIR}
+                 ${PROJECT_BINARY_DIR} ${FSDP_MPIRUN} ${CMAKE_CURRENT_BINARY_DIR}/package_example)
+set_tests_properties(package_example PROPERTIES LABELS program TIMEOUT 600)
+
+# The runtime pulled into a harness with add_subdirectory: targets, and nothing
+# global (configured only; the package_example test builds and runs).
+add_test(NAME subdirectory_consumer
+         COMMAND ${CMAKE_COMMAND} -S ${CMAKE_CURRENT_SOURCE_DIR}/subdirectory_consumer
+                 -B ${CMAKE_CURRENT_BINARY_DIR}/subdirectory_consumer -G Ninja
+                 -DFSDP_SOURCE_DIR=${PROJECT_SOURCE_DIR})
+set_tests_properties(subdirectory_consumer PROPERTIES LABELS program TIMEOUT 300
+                     PASS_REGULAR_EXPRESSION "subdirectory consumer: fsdp::fsdp and nothing global")

@@ -1,4 +1,4 @@
-#include "stages/learning_rate_schedule.h"
+#include "fsdp/stages/learning_rate_schedule.h"
 
 #include <gtest/gtest.h>
 

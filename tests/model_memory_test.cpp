@@ -3,10 +3,10 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "models/llama.h"
+#include "fsdp/models/llama.h"
+#include "fsdp/stages/multi_stage_model.h"
+#include "fsdp/stages/sharded_adamw.h"
 #include "mpi_test_environment.h"
-#include "stages/multi_stage_model.h"
-#include "stages/sharded_adamw.h"
 
 namespace fsdp::stages {
 namespace {

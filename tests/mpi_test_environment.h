@@ -1,7 +1,7 @@
 // Access to the runtime from multi-rank tests (started by mpi_test_main.cpp).
 #pragma once
 
-#include "launch/runtime.h"
+#include "fsdp/launch/runtime.h"
 
 namespace fsdp::testing {
 

@@ -19,12 +19,12 @@
 #include <tuple>
 
 #include "fsdp/inspector.h"
+#include "fsdp/models/llama.h"
+#include "fsdp/stages/learning_rate_schedule.h"
+#include "fsdp/stages/multi_stage_model.h"
+#include "fsdp/stages/sharded_adamw.h"
 #include "fsdp/torch_interop.h"
-#include "models/llama.h"
 #include "mpi_test_environment.h"
-#include "stages/learning_rate_schedule.h"
-#include "stages/multi_stage_model.h"
-#include "stages/sharded_adamw.h"
 
 namespace fsdp::stages {
 namespace {

@@ -11,8 +11,8 @@
 #include <fstream>
 #include <string>
 
+#include "fsdp/stages/multi_stage_model.h"
 #include "mpi_test_environment.h"
-#include "stages/multi_stage_model.h"
 
 namespace fsdp::stages {
 namespace {

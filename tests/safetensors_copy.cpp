@@ -6,8 +6,8 @@
 #include <memory>
 #include <vector>
 
-#include "checkpoint/checkpoint_error.h"
-#include "checkpoint/safetensors_file.h"
+#include "fsdp/checkpoint/checkpoint_error.h"
+#include "fsdp/checkpoint/safetensors_file.h"
 
 int main(int argc, char** argv) {
   using namespace fsdp::checkpoint;

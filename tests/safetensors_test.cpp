@@ -10,11 +10,11 @@
 #include <fstream>
 #include <limits>
 
-#include "checkpoint/block_checksums.h"
-#include "checkpoint/checkpoint_error.h"
-#include "checkpoint/element_conversion.h"
-#include "checkpoint/hf_checkpoint.h"
-#include "checkpoint/safetensors_file.h"
+#include "fsdp/checkpoint/block_checksums.h"
+#include "fsdp/checkpoint/checkpoint_error.h"
+#include "fsdp/checkpoint/element_conversion.h"
+#include "fsdp/checkpoint/hf_checkpoint.h"
+#include "fsdp/checkpoint/safetensors_file.h"
 
 namespace fsdp::checkpoint {
 namespace {

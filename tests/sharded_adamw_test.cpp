@@ -10,9 +10,9 @@
 #include <cmath>
 
 #include "fsdp/inspector.h"
+#include "fsdp/stages/learning_rate_schedule.h"
+#include "fsdp/stages/sharded_adamw.h"
 #include "mpi_test_environment.h"
-#include "stages/learning_rate_schedule.h"
-#include "stages/sharded_adamw.h"
 
 namespace fsdp::stages {
 namespace {

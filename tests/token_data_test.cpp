@@ -1,5 +1,5 @@
-// Token files (data/token_file.h, data/token_dataset.h) and the order of
-// windows (data/window_order.h): every supported dtype and layout reads back
+// Token files (fsdp/data/token_file.h, fsdp/data/token_dataset.h) and the order of
+// windows (fsdp/data/window_order.h): every supported dtype and layout reads back
 // exactly, windows span files, every bad file is refused before training with
 // a message naming the file and the problem, the order is a permutation per
 // epoch that depends only on (seed, epoch), and a file far larger than the
@@ -14,9 +14,9 @@
 #include <string>
 #include <vector>
 
-#include "data/data_error.h"
-#include "data/token_dataset.h"
-#include "data/window_order.h"
+#include "fsdp/data/data_error.h"
+#include "fsdp/data/token_dataset.h"
+#include "fsdp/data/window_order.h"
 #include "token_file_support.h"
 
 namespace fsdp::data {

@@ -1,4 +1,4 @@
-// fsdp-train's batches from token files (launch/training_data.h), as the
+// fsdp-train's batches from token files (fsdp/launch/training_data.h), as the
 // ranks read them: at every world size and micro-batch count, the rows all
 // ranks read in a step, gathered, are exactly the global batch a single rank
 // reads alone; draws cross epoch boundaries inside a batch, every epoch uses
@@ -10,8 +10,8 @@
 #include <set>
 
 #include "checkpoint_test_support.h"
+#include "fsdp/launch/training_data.h"
 #include "fsdp/torch_interop.h"
-#include "launch/training_data.h"
 #include "mpi_test_environment.h"
 #include "token_file_support.h"
 

@@ -1,0 +1,73 @@
+#include "fsdp/checkpoint/verified_reader.h"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <utility>
+
+#include "fsdp/checkpoint/block_checksums.h"
+#include "fsdp/checkpoint/checkpoint_error.h"
+
+namespace fsdp::checkpoint {
+
+VerifiedReader::VerifiedReader(const std::filesystem::path& path, FileRecord record,
+                               std::int64_t chunk_bytes)
+    : file_(path), record_(std::move(record)) {
+  if (file_.file_size() != record_.bytes) {
+    throw CheckpointError(file_.path() + ": " + std::to_string(file_.file_size()) +
+                          " bytes, but the index recorded " + std::to_string(record_.bytes));
+  }
+  // read_checkpoint_index checked that the block size is positive and that
+  // there is one checksum per block.
+  const std::int64_t block = record_.checksum_block_bytes;
+  chunk_bytes_ = std::max<std::int64_t>(1, chunk_bytes / block) * block;
+}
+
+void VerifiedReader::read(std::int64_t offset, char* destination, std::int64_t bytes) {
+  if (offset < 0 || bytes < 0 || offset > record_.bytes || bytes > record_.bytes - offset) {
+    throw CheckpointError(file_.path() + ": bytes [" + std::to_string(offset) + ", " +
+                          std::to_string(offset + bytes) + ") lie outside the file's " +
+                          std::to_string(record_.bytes) + " bytes");
+  }
+  const std::int64_t block = record_.checksum_block_bytes;
+  // Whole blocks only, up to the block that holds the last byte asked for.
+  const std::int64_t read_end =
+      std::min(record_.bytes, (offset + bytes + block - 1) / block * block);
+  while (bytes > 0) {
+    if (offset >= staged_begin_ && offset < staged_end_) {
+      const std::int64_t count = std::min(bytes, staged_end_ - offset);
+      std::memcpy(destination, staging_.get() + (offset - staged_begin_),
+                  static_cast<std::size_t>(count));
+      destination += count;
+      offset += count;
+      bytes -= count;
+      continue;
+    }
+    const std::int64_t position = offset / block * block;
+    const std::int64_t length = std::min(chunk_bytes_, read_end - position);
+    if (!staging_) staging_.reset(new char[static_cast<std::size_t>(chunk_bytes_)]);
+    staged_begin_ = staged_end_ = 0;  // invalid until verified
+    file_.read_file_bytes(position, staging_.get(), length);
+    for (std::int64_t b = 0; b < length; b += block) {
+      const std::int64_t index = (position + b) / block;
+      const auto found = block_checksum(staging_.get() + b, std::min(block, length - b));
+      if (found != record_.checksums[index]) {
+        throw CheckpointError(file_.path() + ": checksum mismatch in block " +
+                              std::to_string(index) + " (bytes " + std::to_string(index * block) +
+                              " to " +
+                              std::to_string(std::min(record_.bytes, (index + 1) * block)) +
+                              "): expected " + format_checksum(record_.checksums[index]) +
+                              ", found " + format_checksum(found) + "; the file is corrupt");
+      }
+    }
+    staged_begin_ = position;
+    staged_end_ = position + length;
+  }
+}
+
+void VerifiedReader::release_staging() {
+  staging_.reset();
+  staged_begin_ = staged_end_ = 0;
+}
+
+}  // namespace fsdp::checkpoint

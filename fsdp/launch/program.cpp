@@ -1,0 +1,116 @@
+#include "fsdp/launch/program.h"
+
+#include <mpi.h>
+
+#include <cmath>
+#include <exception>
+#include <iostream>
+#include <string>
+
+#include "fsdp/collective_errors.h"
+
+namespace po = boost::program_options;
+
+namespace fsdp::launch {
+namespace {
+
+po::options_description common_options() {
+  po::options_description options("Common options");
+  options.add_options()("help,h", "show this help and exit")(
+      "backend", po::value<std::string>()->default_value("auto"),
+      "collectives: auto (NCCL when every rank has a GPU of its own, else MPI), mpi, nccl")(
+      "collective-timeout", po::value<double>()->default_value(600.0),
+      "seconds a rank waits for its peers in one collective before the job is aborted "
+      "(a hung or crashed peer, or collectives issued in a different order)");
+  return options;
+}
+
+}  // namespace
+
+RuntimeOptions runtime_options_from(const po::variables_map& values) {
+  RuntimeOptions options;
+  const std::string& backend = values["backend"].as<std::string>();
+  if (backend == "auto") {
+    options.backend = BackendChoice::kAuto;
+  } else if (backend == "mpi") {
+    options.backend = BackendChoice::kMpi;
+  } else if (backend == "nccl") {
+    options.backend = BackendChoice::kNccl;
+  } else {
+    throw po::invalid_option_value("--backend " + backend + " (expected auto, mpi or nccl)");
+  }
+  const double seconds = values["collective-timeout"].as<double>();
+  if (!(seconds > 0) || !std::isfinite(seconds)) {
+    throw po::invalid_option_value("--collective-timeout " + std::to_string(seconds) +
+                                   " (expected a positive number of seconds)");
+  }
+  options.collective_timeout = std::chrono::milliseconds(static_cast<long long>(seconds * 1000));
+  return options;
+}
+
+int run_program(int argc, char** argv, const ProgramInfo& info,
+                po::options_description program_options, const ProgramBody& body) {
+  Runtime runtime(&argc, &argv);
+  po::options_description all(info.name + " options");
+  all.add(program_options).add(common_options());
+
+  po::variables_map values;
+  RuntimeOptions runtime_options;
+  try {
+    po::store(po::command_line_parser(argc, argv).options(all).run(), values);
+    po::notify(values);
+    if (values.count("help")) {
+      if (runtime.rank() == 0) {
+        std::cout << info.name << ": " << info.summary << "\n\nUsage: " << info.usage << "\n\n"
+                  << all << info.epilog << std::flush;
+      }
+      return 0;
+    }
+    runtime_options = runtime_options_from(values);
+  } catch (const po::error& error) {
+    if (runtime.rank() == 0) {
+      std::cerr << info.name << ": " << error.what() << "\nTry '" << info.name
+                << " --help' for the options." << std::endl;
+    }
+    return 2;
+  }
+  if (info.preflight) {
+    std::string failure;
+    try {
+      info.preflight(values, runtime.world_size());
+    } catch (const std::exception& error) {
+      failure = error.what();
+    }
+    // The ranks agree before anyone goes on: a path that exists on rank 0's
+    // node but not on another's must not leave rank 0 waiting in a collective
+    // for peers that already returned. The lowest failing rank speaks.
+    int first_failing = failure.empty() ? runtime.world_size() : runtime.rank();
+    MPI_Allreduce(MPI_IN_PLACE, &first_failing, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    if (first_failing < runtime.world_size()) {
+      if (runtime.rank() == first_failing) {
+        std::cerr << info.name << ": "
+                  << (first_failing == 0 ? "" : "rank " + std::to_string(first_failing) + ": ")
+                  << failure << std::endl;
+      }
+      return 2;
+    }
+  }
+
+  try {
+    runtime.connect(runtime_options);
+    return body(runtime, values);
+  } catch (const Error& error) {
+    // Agreed: every rank is here with the same message, no need to abort anyone.
+    if (error.failing_rank() >= 0) {
+      if (runtime.rank() == 0) std::cerr << info.name << ": " << error.what() << std::endl;
+      return 1;
+    }
+    runtime.abort_job(info.name + ": " + error.what());
+  } catch (const std::exception& error) {
+    runtime.abort_job(info.name + ": " + error.what());
+  } catch (...) {
+    runtime.abort_job(info.name + ": an unknown exception escaped");
+  }
+}
+
+}  // namespace fsdp::launch

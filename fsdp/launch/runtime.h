@@ -1,0 +1,89 @@
+// Process bootstrap: one RAII object per process that owns MPI, the rank
+// topology, the CUDA device binding and the process groups.
+//
+//   Runtime runtime(&argc, &argv);      // MPI_Init_thread; works without mpirun (a world of one)
+//   runtime.connect(options);           // device binding; NCCL or MPI process group
+//   auto group = runtime.process_group();
+//
+// Most programs do not build one by hand: run_program() (fsdp/launch/program.h)
+// wraps main so that any rank's failure ends the whole job with its message.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "fsdp/mpi_process_group.h"
+#include "fsdp/process_group.h"
+
+namespace fsdp::launch {
+
+enum class BackendChoice {
+  kAuto,  // NCCL when every rank has a GPU of its own, MPI otherwise
+  kMpi,
+  kNccl,  // an error when some rank has no GPU of its own
+};
+
+struct RuntimeOptions {
+  BackendChoice backend = BackendChoice::kAuto;
+  std::chrono::milliseconds collective_timeout = kDefaultCollectiveTimeout;
+};
+
+class Runtime {
+ public:
+  // Initialises MPI with MPI_THREAD_MULTIPLE and learns the topology. Local
+  // rank comes from MPI's shared-memory split (MPI_COMM_TYPE_SHARED), not from
+  // a launcher's environment variable, so it is right under any launcher.
+  // REQUIRES: one Runtime per process.
+  Runtime(int* argc, char*** argv);
+  // Destroys the process groups, then finalises MPI.
+  ~Runtime();
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+
+  // Binds this rank to CUDA device local_rank % device_count when GPUs exist,
+  // and creates the process groups: always an MPI group (host collectives,
+  // NCCL bootstrap), plus an NCCL group when the backend resolves to NCCL.
+  // Collective. Throws std::runtime_error when NCCL is requested but impossible.
+  void connect(const RuntimeOptions& options);
+
+  int rank() const { return rank_; }
+  int world_size() const { return world_size_; }
+  int local_rank() const { return local_rank_; }
+  int local_world_size() const { return local_world_size_; }
+  // CPU threads each rank should compute with so that the ranks of one host
+  // do not oversubscribe its cores: OMP_NUM_THREADS when set, otherwise
+  // cores / local ranks (at least 1), as torchrun does. Oversubscribed
+  // OpenMP teams spin-wait on each other and can run several times slower.
+  int compute_threads() const;
+  const std::string& host_name() const { return host_name_; }
+  // The bound CUDA device, or -1 when this rank runs on the host.
+  int cuda_device() const { return cuda_device_; }
+  bool uses_nccl() const { return device_group_ != nullptr; }
+
+  // REQUIRES: connect() was called (throws std::logic_error otherwise).
+  // The group for the runtime's buffers: NCCL when in use, otherwise MPI.
+  std::shared_ptr<ProcessGroup> process_group() const;
+  // The MPI group over every rank (host memory).
+  std::shared_ptr<MpiProcessGroup> host_group() const;
+
+  // Ends the whole job now with `message`, naming this rank and host; aborts
+  // NCCL first so no peer stays stuck in a kernel. Never returns.
+  [[noreturn]] void abort_job(std::string_view message) const;
+
+  // One line: "4 ranks on 1 host, backend mpi, rank 0 local 0/4 on host-a, no GPU".
+  std::string describe() const;
+
+ private:
+  int rank_ = 0;
+  int world_size_ = 1;
+  int local_rank_ = 0;
+  int local_world_size_ = 1;
+  int host_count_ = 1;
+  std::string host_name_;
+  int cuda_device_ = -1;
+  std::shared_ptr<MpiProcessGroup> host_group_;
+  std::shared_ptr<ProcessGroup> device_group_;
+};
+
+}  // namespace fsdp::launch

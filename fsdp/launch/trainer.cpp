@@ -1,0 +1,436 @@
+#include "fsdp/launch/trainer.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <optional>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "fsdp/checkpoint/distributed_checkpoint.h"
+#include "fsdp/checkpoint/hf_export.h"
+#include "fsdp/checkpoint/hf_import.h"
+#include "fsdp/data/data_error.h"
+#include "fsdp/inspector.h"
+#include "fsdp/launch/cpu_compute.h"
+#include "fsdp/launch/evaluation.h"
+#include "fsdp/launch/training_data.h"
+#include "fsdp/models/hf_config.h"
+#include "fsdp/models/hf_model_io.h"
+#include "fsdp/models/llama_conversion.h"
+#include "fsdp/stages/learning_rate_schedule.h"
+#include "fsdp/stages/multi_stage_model.h"
+#include "fsdp/stages/sharded_adamw.h"
+#include "fsdp/tensor_span.h"
+
+namespace fsdp::launch {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// "1:05" or "1:02:05".
+std::string clock_time(double seconds) {
+  const auto total = static_cast<long long>(std::max(0.0, std::round(seconds)));
+  char text[32];
+  if (total >= 3600) {
+    std::snprintf(text, sizeof text, "%lld:%02lld:%02lld", total / 3600, total / 60 % 60,
+                  total % 60);
+  } else {
+    std::snprintf(text, sizeof text, "%lld:%02lld", total / 60, total % 60);
+  }
+  return text;
+}
+
+std::string format(const char* pattern, double value) {
+  char text[64];
+  std::snprintf(text, sizeof text, pattern, value);
+  return text;
+}
+
+std::string mebibytes(std::int64_t bytes) {
+  return format("%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+}
+
+// Every parameter name the model declares, in declaration order, each once
+// (a tied parameter is declared by two layers).
+std::vector<std::string> parameter_names(const models::LlamaConfig& config) {
+  std::vector<std::string> names;
+  std::set<std::string> seen;
+  for (const auto& layer : models::build_llama_layers(config)) {
+    for (const auto& spec : layer->parameter_specs()) {
+      if (seen.insert(spec.name).second) names.push_back(spec.name);
+    }
+  }
+  return names;
+}
+
+at::Tensor next_token_loss(const at::Tensor& logits, const at::Tensor& targets) {
+  return at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}).to(at::kFloat),
+                                targets.reshape({-1}));
+}
+
+class Training {
+ public:
+  Training(Runtime& runtime, const TrainOptions& options, std::ostream& out)
+      : runtime_(runtime),
+        options_(options),
+        out_(out),
+        root_(runtime.rank() == 0),
+        data_(options) {
+    if (!options.eval_data.empty()) eval_data_.emplace(open_token_data("eval-data", options));
+    stages::MultiStageOptions model_options;
+    model_options.layers_per_stage = options.layers_per_stage;
+    model_options.zero_stage = options.zero_stage;
+    model_options.shared_weight_buffers = options.shared_weight_buffers;
+    model_options.shared_gradient_buffers = options.shared_gradient_buffers;
+    model_options.prefetch = options.prefetch;
+    model_options.fsdp.compute_dtype =
+        options.compute_dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
+    if (runtime.uses_nccl() && runtime.cuda_device() >= 0) {
+      device_ = c10::Device(c10::DeviceType::CUDA, runtime.cuda_device());
+      model_options.fsdp.device = device_;
+    }
+    model_ = std::make_unique<stages::MultiStageModel>(models::build_llama_layers(options.model),
+                                                       runtime.process_group(), model_options);
+    stages::ShardedAdamWOptions adam;
+    adam.weight_decay = options.weight_decay;
+    adam.max_gradient_norm = options.max_gradient_norm;
+    optimizer_ = std::make_unique<stages::ShardedAdamW>(model_->stages(), adam);
+    schedule_ = {options.learning_rate, options.min_learning_rate,
+                 std::min(options.warmup_steps, options.steps - 1), options.steps};
+  }
+
+  int run() {
+    describe_run();
+    const std::int64_t first_step = fill_shards() + 1;
+    if (first_step > options_.steps) {
+      say("the checkpoint is at step " + std::to_string(first_step - 1) + ", not before --steps " +
+          std::to_string(options_.steps) + ": nothing to train");
+    }
+    const std::int64_t last_step = options_.stop_after > 0 ? options_.stop_after : options_.steps;
+    if (eval_data_) evaluate(first_step - 1);
+    const auto start = Clock::now();
+    for (std::int64_t step = first_step; step <= last_step; ++step) {
+      const double loss = train_step(step);
+      losses_.push_back(loss);
+      if (step % options_.log_interval == 0 || step == last_step || step == first_step) {
+        report_progress(step, first_step, last_step, loss, seconds_since(start));
+      }
+      if (eval_data_ && (step == last_step ||
+                         (options_.eval_interval > 0 && step % options_.eval_interval == 0))) {
+        evaluate(step);
+      }
+      const bool last = step == last_step;
+      if (!options_.checkpoint_dir.empty() &&
+          (last ||
+           (options_.checkpoint_interval > 0 && step % options_.checkpoint_interval == 0))) {
+        save(step);
+      }
+    }
+    const double seconds = seconds_since(start);
+    if (!options_.export_hf.empty()) export_hf();
+    for (const auto& name : options_.inspect) inspect(name);
+    summarize(first_step, last_step, seconds);
+    return 0;
+  }
+
+ private:
+  void say(const std::string& line) {
+    if (root_) out_ << line << std::endl;
+  }
+
+  void describe_run() {
+    std::int64_t parameters = 0;
+    for (const auto* stage : model_->stages()) parameters += stage->layout().unpadded_numel();
+    const auto& m = options_.model;
+    say("fsdp-train: " + runtime_.describe());
+    const BlasLibrary blas = find_blas();
+    say("compute: " + describe_compute(blas));
+    if (root_ && !blas.optimised) std::cerr << reference_blas_warning(blas) << std::flush;
+    const std::string origin = options_.hf_config.is_null()
+                                   ? options_.preset + " preset"
+                                   : options_.preset.substr(3) + " from " + options_.hf_directory;
+    say("model: " + origin + ", " + std::to_string(m.layers) + " layers, hidden " +
+        std::to_string(m.hidden) + ", heads " + std::to_string(m.heads) +
+        (m.key_value_heads() != m.heads ? " (" + std::to_string(m.key_value_heads()) + " kv)"
+                                        : std::string()) +
+        (m.experts > 0 ? ", " + std::to_string(m.experts) + " experts (top " +
+                             std::to_string(m.experts_per_token) + ")"
+                       : ", dense MLP " + std::to_string(m.intermediate)) +
+        (m.stacked_layers ? ", stacked layers" : "") +
+        (m.tie_embeddings ? ", tied embeddings" : "") + ", vocabulary " +
+        std::to_string(m.vocabulary) + "; " + std::to_string(parameters) + " parameters in " +
+        std::to_string(model_->stages().size()) + " flat shards");
+    say("runtime: ZeRO-" + std::to_string(options_.zero_stage) + ", compute " +
+        options_.compute_dtype + ", " + std::to_string(options_.layers_per_stage) +
+        " layer(s) per stage" + (options_.prefetch ? ", prefetch" : "") + "; per rank " +
+        model_->memory(optimizer_.get()).describe());
+    say("data: " + data_.describe(options_.steps) + "; global batch " +
+        std::to_string(options_.batch) + " x " + std::to_string(options_.sequence_length) +
+        " tokens, " + std::to_string(options_.batch / runtime_.world_size()) +
+        " sequences per rank in " + std::to_string(options_.micro_batches) + " micro-batch(es)");
+    if (eval_data_) {
+      say("eval: " + eval_data_->describe() + ", " +
+          (options_.eval_interval > 0 ? "every " + std::to_string(options_.eval_interval) + " steps"
+                                      : std::string("before the first step and after the last")));
+    }
+  }
+
+  // The validation loss now, printed and kept for the summary. Its forwards
+  // take the training's micro-batch of rows, so they need no more memory.
+  void evaluate(std::int64_t step) {
+    const auto start = Clock::now();
+    const std::int64_t rows = options_.batch / runtime_.world_size() / options_.micro_batches;
+    const auto result =
+        evaluate_next_token_loss(*model_, *eval_data_, rows, *runtime_.host_group(), device_);
+    eval_losses_.push_back(result.loss);
+    say("eval step " + std::to_string(step) + " loss " + format("%.6f", result.loss) + " (" +
+        std::to_string(result.windows) + " windows, " + std::to_string(result.predicted_tokens) +
+        " predicted tokens, " + format("%.2f s)", seconds_since(start)));
+  }
+
+  // Initialises, imports or resumes; returns the last step already taken.
+  std::int64_t fill_shards() {
+    const auto stages = model_->stages();
+    if (options_.resume) {
+      const auto index =
+          checkpoint::load_checkpoint(options_.checkpoint_dir, stages, optimizer_.get());
+      say("resumed from " + index.directory.string() + " at step " + std::to_string(index.step) +
+          " (saved by " + std::to_string(index.world_size) + " rank(s))");
+      const auto note = resume_differences(index.training_config, options_).schedule_note;
+      if (!note.empty()) say("note: " + note);
+      return index.step;
+    }
+    if (!options_.init_from_hf.empty()) {
+      checkpoint::ImportOptions import_options;
+      import_options.progress = [this](const checkpoint::LoadProgress& progress) {
+        report_load(progress);
+      };
+      const auto report = checkpoint::import_hf_checkpoint(
+          options_.init_from_hf, models::llama_conversion_rules(options_.model), stages,
+          import_options);
+      say("initialised from " + options_.init_from_hf + ": " + mebibytes(report.checkpoint_bytes) +
+          " of tensors, " + mebibytes(report.bytes_read_all_ranks) + " read by all ranks, " +
+          format("%.2f s", report.seconds));
+      return 0;
+    }
+    model_->initialize_weights(options_.seed);
+    return 0;
+  }
+
+  void report_load(const checkpoint::LoadProgress& progress) {
+    const double total = static_cast<double>(std::max<std::int64_t>(1, progress.bytes_total));
+    const double percent = 100.0 * static_cast<double>(progress.bytes_done) / total;
+    say("  loading: " + format("%.0f%%", percent) + " of this rank's " +
+        mebibytes(progress.bytes_total) + ", " + format("%.1f s", progress.seconds));
+  }
+
+  double train_step(std::int64_t step) {
+    model_->zero_gradients();
+    double local_loss = 0;
+    for (std::int64_t micro = 0; micro < options_.micro_batches; ++micro) {
+      auto tokens = data_.micro_batch(step, runtime_.rank(), runtime_.world_size(), micro);
+      if (device_.is_cuda()) tokens = tokens.to(device_);
+      const auto inputs = tokens.narrow(1, 0, options_.sequence_length);
+      const auto targets = tokens.narrow(1, 1, options_.sequence_length);
+      local_loss += model_->forward_backward(inputs, [&](const at::Tensor& logits) {
+        return next_token_loss(logits, targets) / static_cast<double>(options_.micro_batches);
+      });
+    }
+    model_->reduce_gradients();
+    last_gradient_norm_ = optimizer_->step(schedule_.at(step));
+    std::vector<double> loss = {local_loss};
+    runtime_.host_group()->all_reduce(host_span(loss), ReduceOp::kAverage);
+    return loss[0];
+  }
+
+  void report_progress(std::int64_t step, std::int64_t first_step, std::int64_t last_step,
+                       double loss, double seconds) {
+    const double steps_done = static_cast<double>(step - first_step + 1);
+    const double per_step = seconds / steps_done;
+    const double tokens_per_second =
+        steps_done * static_cast<double>(options_.batch * options_.sequence_length) /
+        std::max(seconds, 1e-9);
+    say("step " + std::to_string(step) + "/" + std::to_string(options_.steps) + "  loss " +
+        format("%.6f", loss) + "  lr " + format("%.2e", schedule_.at(step)) + "  grad norm " +
+        format("%.3f", last_gradient_norm_) + "  " + format("%.0f", tokens_per_second) +
+        " tokens/s  elapsed " + clock_time(seconds) + "  left " +
+        clock_time(per_step * static_cast<double>(last_step - step)));
+  }
+
+  void save(std::int64_t step) {
+    const auto start = Clock::now();
+    checkpoint::SaveOptions save;
+    save.step = step;
+    save.training_config = to_json(options_);
+    checkpoint::save_checkpoint(options_.checkpoint_dir, model_->stages(), optimizer_.get(), save);
+    saved_step_ = step;
+    say("saved checkpoint at step " + std::to_string(step) + " to " + options_.checkpoint_dir +
+        format(" (%.2f s)", seconds_since(start)));
+  }
+
+  // The dtype the model came in: its HF checkpoint's tensors (config.json's
+  // "dtype" when that directory is gone), float32 for the presets.
+  checkpoint::SafetensorsDtype export_dtype() const {
+    if (!options_.export_dtype.empty())
+      return models::export_dtype_from_name(options_.export_dtype);
+    if (!options_.hf_directory.empty() && fs::is_directory(options_.hf_directory)) {
+      return models::hf_checkpoint_dtype(options_.hf_directory);
+    }
+    if (options_.hf_config.is_object()) {
+      // "dtype" or the older "torch_dtype", as the config reader spells them.
+      const std::string configured =
+          models::hf_config_from_json(options_.hf_config, "training_config.hf_config").dtype;
+      if (configured == "bfloat16" || configured == "float16") {
+        return models::export_dtype_from_name(configured);
+      }
+    }
+    return checkpoint::SafetensorsDtype::kFloat32;
+  }
+
+  void export_hf() {
+    const auto start = Clock::now();
+    const models::HfExportSource source{options_.hf_config, options_.hf_directory};
+    const auto dtype = export_dtype();
+    const auto config = models::export_hf_model(options_.export_hf, options_.model, source, dtype,
+                                                model_->stages());
+    say("exported the model as " + config.value("model_type", std::string("?")) + " (" +
+        models::export_dtype_name(dtype) + ") to " + options_.export_hf +
+        format(" (%.2f s)", seconds_since(start)));
+  }
+
+  // The parameter's true values, read from the shards by the inspector.
+  void inspect(const std::string& name) {
+    for (auto* stage : model_->stages()) {
+      const auto& parameters = stage->layout().parameters();
+      const bool here = std::any_of(parameters.begin(), parameters.end(),
+                                    [&](const ParameterSlot& slot) { return slot.name == name; });
+      if (!here) continue;
+      const auto statistics = parameter_statistics(*stage, name);
+      const auto values = read_parameter(*stage, name).reshape({-1});
+      std::string first;
+      const auto shown = std::min<std::int64_t>(values.numel(), 8);
+      for (std::int64_t i = 0; i < shown; ++i) {
+        first += (i ? ", " : "") + format("%.6g", values[i].item<double>());
+      }
+      say("inspect " + name + " (stage \"" + stage->stage_name() + "\", from the shards): numel " +
+          std::to_string(statistics.numel) + "  mean " + format("%.6g", statistics.mean) +
+          "  std " + format("%.6g", statistics.std) + "  min " + format("%.6g", statistics.min) +
+          "  max " + format("%.6g", statistics.max) + "  nonzero " +
+          std::to_string(statistics.nonzero_count) + "  nan " +
+          std::to_string(statistics.nan_count));
+      say("  first values: [" + first + (values.numel() > shown ? ", ...]" : "]"));
+      say("  " + describe_placements(stage->layout(), name));
+      return;
+    }
+    throw std::logic_error("--inspect " + name + " passed the preflight but is not in the model");
+  }
+
+  void summarize(std::int64_t first_step, std::int64_t last_step, double seconds) {
+    if (losses_.empty()) return;
+    const std::size_t tail = std::min<std::size_t>(losses_.size(), 10);
+    double last = 0;
+    for (std::size_t i = losses_.size() - tail; i < losses_.size(); ++i) last += losses_[i];
+    last /= static_cast<double>(tail);
+    const double steps = static_cast<double>(losses_.size());
+    const auto statistics = model_->communication_statistics();
+    say("done: steps " + std::to_string(first_step) + "-" + std::to_string(last_step) + " in " +
+        clock_time(seconds) + ", loss " + format("%.4f", losses_.front()) + " -> " +
+        format("%.4f", last) + " (mean of the last " + std::to_string(tail) + "), " +
+        format("%.0f", steps * static_cast<double>(options_.batch * options_.sequence_length) /
+                           std::max(seconds, 1e-9)) +
+        " tokens/s, " +
+        format("%.1f", 100.0 * statistics.exposed_seconds() / std::max(seconds, 1e-9)) +
+        "% of the time waiting on collectives");
+    if (eval_losses_.size() >= 2) {
+      say("eval loss " + format("%.6f", eval_losses_.front()) + " -> " +
+          format("%.6f", eval_losses_.back()));
+    }
+    if (saved_step_ > 0) {
+      say("checkpoint: " + options_.checkpoint_dir + " (step " + std::to_string(saved_step_) +
+          "); inspect it with: shard-inspect " + options_.checkpoint_dir);
+    }
+  }
+
+  Runtime& runtime_;
+  const TrainOptions& options_;
+  std::ostream& out_;
+  bool root_;
+  TrainingData data_;
+  std::optional<data::TokenDataset> eval_data_;
+  std::vector<double> eval_losses_;
+  c10::Device device_{c10::kCPU};
+  std::unique_ptr<stages::MultiStageModel> model_;
+  std::unique_ptr<stages::ShardedAdamW> optimizer_;
+  stages::LearningRateSchedule schedule_;
+  std::vector<double> losses_;
+  double last_gradient_norm_ = 0;
+  std::int64_t saved_step_ = 0;
+};  // namespace
+
+}  // namespace
+
+void preflight_training(const TrainOptions& options) {
+  const auto names = parameter_names(options.model);
+  for (const auto& name : options.inspect) {
+    if (std::find(names.begin(), names.end(), name) != names.end()) continue;
+    std::string some;
+    for (std::size_t i = 0; i < std::min<std::size_t>(names.size(), 6); ++i) {
+      some += (i ? ", " : "") + names[i];
+    }
+    throw std::runtime_error("--inspect " + name + ": the model has no such parameter (it has " +
+                             std::to_string(names.size()) + ", for example " + some + ")");
+  }
+  // Every token of the data: a bad id would otherwise index out of the
+  // embedding mid-run. Each rank reads the files through once.
+  for (const std::string option : {"data", "eval-data"}) {
+    if ((option == "data" ? options.data : options.eval_data).empty()) continue;
+    try {
+      open_token_data(option, options).check_token_ids(options.model.vocabulary);
+    } catch (const data::DataError& error) {
+      const std::string what = error.what();
+      throw data::DataError(what.rfind("--", 0) == 0 ? what : "--" + option + ": " + what);
+    }
+  }
+  if (!options.init_from_hf.empty() && !fs::exists(options.init_from_hf)) {
+    throw std::runtime_error("--init-from-hf " + options.init_from_hf +
+                             ": no such file or directory");
+  }
+  if (options.resume) {
+    const auto index = checkpoint::read_checkpoint_index(options.checkpoint_dir);
+    const auto differences = resume_differences(index.training_config, options);
+    if (!differences.refused.empty()) {
+      std::string listed;
+      for (const auto& difference : differences.refused) listed += "\n  " + difference;
+      throw std::runtime_error("--resume: the checkpoint in " + index.directory.string() +
+                               " was saved by a run with other settings:" + listed +
+                               "\n(resume with the settings of the run that saved it)");
+    }
+    if (options.stop_after > 0 && options.stop_after <= index.step) {
+      throw std::runtime_error("--stop-after " + std::to_string(options.stop_after) +
+                               ": the checkpoint in " + index.directory.string() +
+                               " is already at step " + std::to_string(index.step));
+    }
+  }
+}
+
+int run_training(Runtime& runtime, const TrainOptions& options, std::ostream& out) {
+  set_compute_threads(runtime.compute_threads());
+  Training training(runtime, options, out);
+  return training.run();
+}
+
+}  // namespace fsdp::launch

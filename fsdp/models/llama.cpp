@@ -1,0 +1,405 @@
+#include "fsdp/models/llama.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+namespace fsdp::models {
+namespace {
+
+using stages::Layer;
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double epsilon) {
+  return x * at::rsqrt(x.square().mean({-1}, /*keepdim=*/true) + epsilon) * weight;
+}
+
+class TokenEmbedding final : public Layer {
+ public:
+  explicit TokenEmbedding(const LlamaConfig& config) : config_(config) {}
+  std::vector<ParameterSpec> parameter_specs() const override {
+    return {{"embedding.weight",
+             {config_.vocabulary, config_.hidden},
+             ElementType::kFloat32,
+             ParameterInit::normal(0, config_.init_std)}};
+  }
+  void bind(std::vector<at::Tensor> parameters) override { weight_ = parameters.at(0); }
+  // input: token ids [batch, sequence] -> [batch, sequence, hidden]
+  at::Tensor forward(const at::Tensor& tokens) override { return at::embedding(weight_, tokens); }
+
+ private:
+  LlamaConfig config_;
+  at::Tensor weight_;
+};
+
+// RoPE inverse frequencies [head_size / 2], in double, with the config's scaling.
+at::Tensor rope_inverse_frequencies(const LlamaConfig& config) {
+  const std::int64_t head_size = config.head_size();
+  at::Tensor inv_freq = 1.0 / at::pow(config.rope_theta, at::arange(0, head_size, 2, at::kDouble) /
+                                                             static_cast<double>(head_size));
+  if (config.rope_scaling.type == RopeScaling::Type::kLlama3) {
+    const RopeScaling& scaling = config.rope_scaling;
+    const double original = static_cast<double>(scaling.original_max_position);
+    const double low_frequency_wavelength = original / scaling.low_frequency_factor;
+    const double high_frequency_wavelength = original / scaling.high_frequency_factor;
+    const at::Tensor wavelength = 2 * M_PI / inv_freq;
+    const at::Tensor scaled =
+        at::where(wavelength > low_frequency_wavelength, inv_freq / scaling.factor, inv_freq);
+    const at::Tensor smooth = (original / wavelength - scaling.low_frequency_factor) /
+                              (scaling.high_frequency_factor - scaling.low_frequency_factor);
+    const at::Tensor smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled;
+    const at::Tensor medium = wavelength.ge(high_frequency_wavelength)
+                                  .logical_and(wavelength.le(low_frequency_wavelength));
+    inv_freq = at::where(medium, smoothed, scaled);
+  }
+  return inv_freq;
+}
+
+class DecoderBlock final : public Layer {
+ public:
+  // `prefix` names the parameters: "decoder.3." for a block of its own, "decoder." inside a stack.
+  // `layer` is its index among the decoder layers (MoE or dense, attention window).
+  DecoderBlock(const LlamaConfig& config, std::string prefix, std::int64_t layer)
+      : config_(config),
+        prefix_(std::move(prefix)),
+        moe_(config.is_moe_layer(layer)),
+        head_size_(config.head_size()),
+        kv_heads_(config.key_value_heads()) {
+    // Non-persistent buffers, computed here as real tensors (RoPE inv_freq lost
+    // on the meta device cannot happen: they are not parameters).
+    const at::Tensor angles =
+        at::outer(at::arange(config.max_sequence, at::kDouble), rope_inverse_frequencies(config));
+    const at::Tensor doubled = at::cat({angles, angles}, -1).to(at::kFloat);
+    cos_ = doubled.cos();
+    sin_ = doubled.sin();
+    // Masked: the future, and with a window w, everything w or more tokens back.
+    const at::Tensor positions = at::arange(config.max_sequence, at::kLong);
+    const at::Tensor distance = positions.unsqueeze(1) - positions.unsqueeze(0);  // query - key
+    at::Tensor hidden_from_query = distance.lt(0);
+    const std::int64_t window = config.attention_window(layer);
+    if (window > 0) hidden_from_query = hidden_from_query.logical_or(distance.ge(window));
+    causal_mask_ = at::zeros({config.max_sequence, config.max_sequence})
+                       .masked_fill(hidden_from_query, -std::numeric_limits<float>::infinity());
+    // Which optional parameters this block has, in parameter_specs() order.
+    for (const auto& [role, spec] : roled_specs()) {
+      (void)spec;
+      roles_.push_back(role);
+    }
+  }
+
+  std::vector<ParameterSpec> parameter_specs() const override {
+    std::vector<ParameterSpec> specs;
+    for (auto& [role, spec] : roled_specs()) specs.push_back(std::move(spec));
+    return specs;
+  }
+
+  void bind(std::vector<at::Tensor> parameters) override {
+    for (at::Tensor& tensor : bound_) tensor = at::Tensor();
+    for (std::size_t i = 0; i < parameters.size(); ++i) {
+      bound_[static_cast<std::size_t>(roles_.at(i))] = std::move(parameters[i]);
+    }
+  }
+
+  at::Tensor forward(const at::Tensor& x) override {
+    const std::int64_t batch = x.size(0);
+    const std::int64_t sequence = x.size(1);
+    if (sequence > config_.max_sequence) {
+      throw std::invalid_argument(prefix_ + "attention: sequence of " + std::to_string(sequence) +
+                                  " tokens is longer than max_sequence " +
+                                  std::to_string(config_.max_sequence));
+    }
+    const std::int64_t heads = config_.heads;
+    const std::int64_t query_width = heads * head_size_;
+    const std::int64_t key_value_width = kv_heads_ * head_size_;
+
+    // Attention: q [batch, heads, sequence, head], k and v [batch, kv_heads, sequence, head].
+    const at::Tensor qkv = at::linear(rms_norm(x, get(Role::kAttentionNorm), config_.rms_epsilon),
+                                      get(Role::kQkvWeight), get(Role::kQkvBias));
+    const std::vector<at::Tensor> parts =
+        qkv.split_with_sizes({query_width, key_value_width, key_value_width}, -1);
+    at::Tensor q = parts[0].view({batch, sequence, heads, head_size_});
+    at::Tensor k = parts[1].view({batch, sequence, kv_heads_, head_size_});
+    const at::Tensor v = parts[2].view({batch, sequence, kv_heads_, head_size_}).transpose(1, 2);
+    if (config_.qk_norm) {
+      q = rms_norm(q, get(Role::kQueryNorm), config_.rms_epsilon);
+      k = rms_norm(k, get(Role::kKeyNorm), config_.rms_epsilon);
+    }
+    // Tables and mask on the activations' device, in their dtype (bfloat16 under mixed precision).
+    const at::Tensor cos = cos_.narrow(0, 0, sequence).to(x.device(), x.scalar_type());
+    const at::Tensor sin = sin_.narrow(0, 0, sequence).to(x.device(), x.scalar_type());
+    q = rotate(q.transpose(1, 2), cos, sin);
+    k = rotate(k.transpose(1, 2), cos, sin);
+    // Grouped-query attention: key/value head j serves query heads
+    // j * group .. (j + 1) * group - 1, as transformers' repeat_kv lays them out.
+    const std::int64_t group = heads / kv_heads_;
+    const at::Tensor keys = group == 1 ? k : k.repeat_interleave(group, 1);
+    const at::Tensor values = group == 1 ? v : v.repeat_interleave(group, 1);
+    const at::Tensor scores =
+        at::matmul(q, keys.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_size_)) +
+        causal_mask_.narrow(0, 0, sequence).narrow(1, 0, sequence).to(x.device(), x.scalar_type());
+    const at::Tensor attended = at::matmul(at::softmax(scores, -1), values)
+                                    .transpose(1, 2)
+                                    .reshape({batch, sequence, query_width});
+    const at::Tensor after_attention =
+        x + at::linear(attended, get(Role::kOutputWeight), get(Role::kOutputBias));
+
+    const at::Tensor normalized =
+        rms_norm(after_attention, get(Role::kMlpNorm), config_.rms_epsilon);
+    if (!moe_) {
+      return after_attention + swiglu(normalized, get(Role::kGateUpWeight), get(Role::kDownWeight),
+                                      get(Role::kGateUpBias), get(Role::kDownBias));
+    }
+    return after_attention + mixture_of_experts(normalized);
+  }
+
+ private:
+  enum class Role {
+    kAttentionNorm,
+    kQkvWeight,
+    kQkvBias,
+    kQueryNorm,
+    kKeyNorm,
+    kOutputWeight,
+    kOutputBias,
+    kMlpNorm,
+    kGateUpWeight,
+    kGateUpBias,
+    kDownWeight,
+    kDownBias,
+    kRouter,
+    kExpertsGateUp,
+    kExpertsDown,
+    kCount
+  };
+
+  // The parameters this block declares, each with the role forward() uses it in.
+  std::vector<std::pair<Role, ParameterSpec>> roled_specs() const {
+    const auto normal = ParameterInit::normal(0, config_.init_std);
+    const auto ones = ParameterInit::constant(1.0);
+    const auto zeros = ParameterInit::constant(0.0);
+    const std::int64_t h = config_.hidden;
+    const std::int64_t qkv_rows = (config_.heads + 2 * kv_heads_) * head_size_;
+    const std::int64_t attended = config_.heads * head_size_;
+    std::vector<std::pair<Role, ParameterSpec>> specs;
+    const auto add = [&](Role role, std::string name, std::vector<std::int64_t> shape,
+                         ParameterInit init) {
+      specs.push_back({role, {prefix_ + name, std::move(shape), ElementType::kFloat32, init}});
+    };
+    add(Role::kAttentionNorm, "attention_norm.weight", {h}, ones);
+    add(Role::kQkvWeight, "attention.qkv.weight", {qkv_rows, h}, normal);
+    if (config_.qkv_bias) add(Role::kQkvBias, "attention.qkv.bias", {qkv_rows}, zeros);
+    if (config_.qk_norm) {
+      add(Role::kQueryNorm, "attention.q_norm.weight", {head_size_}, ones);
+      add(Role::kKeyNorm, "attention.k_norm.weight", {head_size_}, ones);
+    }
+    add(Role::kOutputWeight, "attention.dense.weight", {h, attended}, normal);
+    if (config_.output_bias) add(Role::kOutputBias, "attention.dense.bias", {h}, zeros);
+    add(Role::kMlpNorm, "mlp_norm.weight", {h}, ones);
+    if (!moe_) {
+      const std::int64_t i = config_.intermediate;
+      add(Role::kGateUpWeight, "mlp.gate_up.weight", {2 * i, h}, normal);
+      if (config_.mlp_bias) add(Role::kGateUpBias, "mlp.gate_up.bias", {2 * i}, zeros);
+      add(Role::kDownWeight, "mlp.down.weight", {h, i}, normal);
+      if (config_.mlp_bias) add(Role::kDownBias, "mlp.down.bias", {h}, zeros);
+    } else {
+      const std::int64_t e = config_.experts;
+      const std::int64_t i = config_.experts_intermediate();
+      add(Role::kRouter, "mlp.router.weight", {e, h}, normal);
+      add(Role::kExpertsGateUp, "mlp.experts.gate_up_proj", {e, 2 * i, h}, normal);
+      add(Role::kExpertsDown, "mlp.experts.down_proj", {e, h, i}, normal);
+    }
+    return specs;
+  }
+
+  // The bound parameter of `role`; an undefined tensor for an absent optional one.
+  const at::Tensor& get(Role role) const { return bound_[static_cast<std::size_t>(role)]; }
+
+  // down(silu(gate) * up), with gate and up the two halves of x @ gate_up^T.
+  static at::Tensor swiglu(const at::Tensor& x, const at::Tensor& gate_up, const at::Tensor& down,
+                           const at::Tensor& gate_up_bias = {}, const at::Tensor& down_bias = {}) {
+    const std::vector<at::Tensor> halves = at::linear(x, gate_up, gate_up_bias).chunk(2, -1);
+    return at::linear(at::silu(halves[0]) * halves[1], down, down_bias);
+  }
+
+  // Top-k routing over fused experts. Each expert runs on the tokens routed to
+  // it (gathered by index), and its outputs are added back weighted by the
+  // token's router probability (renormalised over the top k when the config
+  // says so): differentiable end to end.
+  at::Tensor mixture_of_experts(const at::Tensor& x) const {
+    const at::Tensor& gate_up = get(Role::kExpertsGateUp);  // [E, 2I, H]
+    const at::Tensor& down = get(Role::kExpertsDown);       // [E, H, I]
+    const at::Tensor tokens = x.reshape({-1, config_.hidden});
+    const at::Tensor probabilities = at::softmax(at::linear(tokens, get(Role::kRouter)), -1);
+    const auto [top_probabilities, top_experts] = probabilities.topk(config_.experts_per_token, -1);
+    const at::Tensor weights = config_.normalize_top_k
+                                   ? top_probabilities / top_probabilities.sum(-1, true)
+                                   : top_probabilities;
+    at::Tensor output = at::zeros_like(tokens);
+    for (std::int64_t expert = 0; expert < config_.experts; ++expert) {
+      const at::Tensor routed = top_experts.eq(expert);  // [tokens, k]
+      const at::Tensor token_index = routed.any(-1).nonzero().reshape({-1});
+      if (token_index.numel() == 0) continue;
+      const at::Tensor token_weight =
+          (weights * routed).sum(-1).index_select(0, token_index).unsqueeze(-1);
+      const at::Tensor expert_output =
+          swiglu(tokens.index_select(0, token_index), gate_up[expert], down[expert]);
+      output = output.index_add(0, token_index, expert_output * token_weight);
+    }
+    return output.view(x.sizes());
+  }
+
+  // Rotary embedding, "rotate half" convention: x * cos + rotate_half(x) * sin.
+  static at::Tensor rotate(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+    const std::vector<at::Tensor> halves = x.chunk(2, -1);
+    return x * cos + at::cat({-halves[1], halves[0]}, -1) * sin;
+  }
+
+  LlamaConfig config_;
+  std::string prefix_;
+  bool moe_;
+  std::int64_t head_size_;
+  std::int64_t kv_heads_;
+  at::Tensor cos_;
+  at::Tensor sin_;
+  at::Tensor causal_mask_;
+  std::vector<Role> roles_;
+  std::array<at::Tensor, static_cast<std::size_t>(Role::kCount)> bound_;
+};
+
+// Every decoder block's parameters stacked along a leading [layers] dimension;
+// block l computes with slice l of each.
+class StackedDecoder final : public Layer {
+ public:
+  explicit StackedDecoder(const LlamaConfig& config) {
+    for (std::int64_t l = 0; l < config.layers; ++l) {
+      blocks_.push_back(std::make_unique<DecoderBlock>(config, "decoder.", l));
+    }
+  }
+  std::vector<ParameterSpec> parameter_specs() const override {
+    std::vector<ParameterSpec> specs = blocks_.front()->parameter_specs();
+    for (ParameterSpec& spec : specs) {
+      spec.shape.insert(spec.shape.begin(), static_cast<std::int64_t>(blocks_.size()));
+    }
+    return specs;
+  }
+  void bind(std::vector<at::Tensor> parameters) override { stacked_ = std::move(parameters); }
+  at::Tensor forward(const at::Tensor& x) override {
+    at::Tensor activation = x;
+    for (std::size_t l = 0; l < blocks_.size(); ++l) {
+      // Slices are taken here, inside the graph of this forward, so that
+      // autograd routes each block's gradients into its slice of the stack.
+      std::vector<at::Tensor> slices;
+      for (const at::Tensor& stacked : stacked_) {
+        slices.push_back(stacked.select(0, static_cast<std::int64_t>(l)));
+      }
+      blocks_[l]->bind(std::move(slices));
+      activation = blocks_[l]->forward(activation);
+    }
+    return activation;
+  }
+
+ private:
+  std::vector<std::unique_ptr<DecoderBlock>> blocks_;
+  std::vector<at::Tensor> stacked_;
+};
+
+class OutputHead final : public Layer {
+ public:
+  explicit OutputHead(const LlamaConfig& config) : config_(config) {}
+  std::vector<ParameterSpec> parameter_specs() const override {
+    return {{"final_norm.weight",
+             {config_.hidden},
+             ElementType::kFloat32,
+             ParameterInit::constant(1.0)},
+            {config_.tie_embeddings ? "embedding.weight" : "head.weight",
+             {config_.vocabulary, config_.hidden},
+             ElementType::kFloat32,
+             ParameterInit::normal(0, config_.init_std)}};
+  }
+  void bind(std::vector<at::Tensor> parameters) override { parameters_ = std::move(parameters); }
+  // -> logits [batch, sequence, vocabulary]
+  at::Tensor forward(const at::Tensor& x) override {
+    return at::linear(rms_norm(x, parameters_.at(0), config_.rms_epsilon), parameters_.at(1));
+  }
+
+ private:
+  LlamaConfig config_;
+  std::vector<at::Tensor> parameters_;
+};
+
+}  // namespace
+
+bool LlamaConfig::is_moe_layer(std::int64_t layer) const {
+  return experts > 0 &&
+         std::find(dense_layers.begin(), dense_layers.end(), layer) == dense_layers.end();
+}
+
+std::int64_t LlamaConfig::attention_window(std::int64_t layer) const {
+  if (sliding_window <= 0) return 0;
+  if (sliding_layers.empty()) return sliding_window;
+  return sliding_layers.at(static_cast<std::size_t>(layer)) ? sliding_window : 0;
+}
+
+namespace {
+
+void check_config(const LlamaConfig& config) {
+  const auto fail = [](const std::string& message) {
+    throw std::invalid_argument("llama config: " + message);
+  };
+  if (config.heads < 1 || config.key_value_heads() < 1 || config.heads % config.key_value_heads()) {
+    fail("heads " + std::to_string(config.heads) + " must be a positive multiple of kv_heads " +
+         std::to_string(config.key_value_heads()));
+  }
+  if (config.head_dim == 0 && config.hidden % config.heads != 0) {
+    fail("hidden size " + std::to_string(config.hidden) + " is not a multiple of heads " +
+         std::to_string(config.heads) + " (and no head_dim is given)");
+  }
+  if (config.head_size() < 2 || config.head_size() % 2 != 0) {
+    fail("head size " + std::to_string(config.head_size()) +
+         " must be even (rotary embeddings rotate pairs)");
+  }
+  for (const std::int64_t layer : config.dense_layers) {
+    if (layer < 0 || layer >= config.layers) {
+      fail("dense layer " + std::to_string(layer) + " is not one of the " +
+           std::to_string(config.layers) + " decoder layers");
+    }
+  }
+  if (!config.sliding_layers.empty() &&
+      static_cast<std::int64_t>(config.sliding_layers.size()) != config.layers) {
+    fail(std::to_string(config.sliding_layers.size()) + " sliding-window layer flags for " +
+         std::to_string(config.layers) + " layers");
+  }
+  if (config.stacked_layers) {
+    if (config.layers < 1) fail("stacked_layers needs at least one decoder layer");
+    for (std::int64_t l = 1; l < config.layers; ++l) {
+      if (config.is_moe_layer(l) != config.is_moe_layer(0) ||
+          config.attention_window(l) != config.attention_window(0)) {
+        fail("stacked_layers needs every decoder layer alike, but layer " + std::to_string(l) +
+             " differs from layer 0 (dense/MoE or attention window)");
+      }
+    }
+  }
+}
+
+}  // namespace
+
+std::vector<std::unique_ptr<Layer>> build_llama_layers(const LlamaConfig& config) {
+  check_config(config);
+  std::vector<std::unique_ptr<Layer>> layers;
+  layers.push_back(std::make_unique<TokenEmbedding>(config));
+  if (config.stacked_layers) {
+    layers.push_back(std::make_unique<StackedDecoder>(config));
+  } else {
+    for (std::int64_t i = 0; i < config.layers; ++i) {
+      layers.push_back(
+          std::make_unique<DecoderBlock>(config, "decoder." + std::to_string(i) + ".", i));
+    }
+  }
+  layers.push_back(std::make_unique<OutputHead>(config));
+  return layers;
+}
+
+}  // namespace fsdp::models

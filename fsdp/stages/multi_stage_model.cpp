@@ -1,0 +1,375 @@
+#include "fsdp/stages/multi_stage_model.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include <cstdio>
+#include <map>
+#include <stdexcept>
+
+#include "fsdp/stages/sharded_adamw.h"
+
+namespace fsdp::stages {
+namespace {
+
+std::string shape_text(const std::vector<std::int64_t>& shape) {
+  return c10::str(c10::IntArrayRef(shape));
+}
+
+void check_options(const MultiStageOptions& options) {
+  auto fail = [](const std::string& message) { throw std::invalid_argument(message); };
+  if (options.layers_per_stage < 1) {
+    fail("layers_per_stage must be at least 1, got " + std::to_string(options.layers_per_stage));
+  }
+  if (options.zero_stage < 1 || options.zero_stage > 3) {
+    fail("zero_stage must be 1, 2 or 3, got " + std::to_string(options.zero_stage));
+  }
+  if (options.shared_weight_buffers < 0 || options.shared_gradient_buffers < 0) {
+    fail("the number of shared buffers cannot be negative");
+  }
+  if (options.shared_weight_buffers > 0 && options.zero_stage != 3) {
+    fail("shared_weight_buffers = " + std::to_string(options.shared_weight_buffers) +
+         " needs zero_stage 3 (ZeRO-" + std::to_string(options.zero_stage) +
+         " keeps every stage's weights restored through the backward)");
+  }
+  if (options.shared_gradient_buffers > 0 && options.zero_stage < 2) {
+    fail("shared_gradient_buffers = " + std::to_string(options.shared_gradient_buffers) +
+         " needs zero_stage 2 or 3 (ZeRO-1 keeps every stage's gradients until the step ends)");
+  }
+}
+
+std::string mebibytes(std::int64_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+  return text;
+}
+
+}  // namespace
+
+std::string ModelMemory::describe() const {
+  // Aliased shards live inside their buffers (Note [Shard aliasing]): say so
+  // rather than print a bare 0 that reads like a missing model.
+  const std::string shards = weight_shards == 0 && weight_buffers > 0
+                                 ? std::string("inside the weight buffers")
+                                 : mebibytes(weight_shards);
+  return "total " + mebibytes(total()) + ": weight shards " + shards + ", gradient shards " +
+         mebibytes(gradient_shards) + ", optimizer state " + mebibytes(optimizer_state) +
+         ", weight buffers " + mebibytes(weight_buffers) + ", gradient buffers " +
+         mebibytes(gradient_buffers);
+}
+
+MultiStageModel::MultiStageModel(std::vector<std::unique_ptr<Layer>> layers,
+                                 std::shared_ptr<ProcessGroup> group, MultiStageOptions options)
+    : layers_(std::move(layers)), options_(options) {
+  check_options(options_);
+  if (layers_.empty()) throw std::invalid_argument("a model needs at least one layer");
+  if (!group) throw std::invalid_argument("multi-stage model: no process group given");
+  build_stages(group);
+}
+
+void MultiStageModel::build_stages(const std::shared_ptr<ProcessGroup>& group) {
+  // Every layer's declarations; a name declared by more than one layer is tied.
+  std::vector<std::vector<ParameterSpec>> declared(layers_.size());
+  std::map<std::string, std::pair<std::size_t, int>> first_declaration;  // layer, uses
+  std::vector<ParameterSpec> tied_specs;
+  for (std::size_t l = 0; l < layers_.size(); ++l) {
+    declared[l] = layers_[l]->parameter_specs();
+    for (const ParameterSpec& spec : declared[l]) {
+      auto [entry, inserted] = first_declaration.try_emplace(spec.name, l, 0);
+      if (++entry->second.second != 2) continue;
+      const ParameterSpec& first =
+          *std::find_if(declared[entry->second.first].begin(), declared[entry->second.first].end(),
+                        [&](const ParameterSpec& other) { return other.name == spec.name; });
+      if (first.shape != spec.shape || first.dtype != spec.dtype) {
+        throw std::invalid_argument(
+            "tied parameter '" + spec.name + "' is declared by layer " +
+            std::to_string(entry->second.first) + " as " + shape_text(first.shape) + " " +
+            std::string(element_type_name(first.dtype)) + " and by layer " + std::to_string(l) +
+            " as " + shape_text(spec.shape) + " " + std::string(element_type_name(spec.dtype)) +
+            ": layers that share a parameter must declare the same shape and dtype");
+      }
+      tied_specs.push_back(first);  // the first declaration's initialiser wins
+    }
+  }
+  auto is_tied = [&](const std::string& name) { return first_declaration.at(name).second > 1; };
+  if (!tied_specs.empty()) {
+    tied_ = std::make_unique<Fsdp>("stage.tied", tied_specs, group, options_.fsdp);
+  }
+
+  // Group the layers into stages and collect each stage's own parameters.
+  const auto per_stage = static_cast<std::size_t>(options_.layers_per_stage);
+  std::vector<std::vector<ParameterSpec>> stage_specs;
+  for (std::size_t first = 0; first < layers_.size(); first += per_stage) {
+    Stage stage;
+    std::vector<ParameterSpec> specs;
+    for (std::size_t l = first; l < std::min(layers_.size(), first + per_stage); ++l) {
+      stage.layers.push_back(layers_[l].get());
+      for (const ParameterSpec& spec : declared[l]) {
+        if (is_tied(spec.name)) {
+          stage.uses_tied = true;
+        } else {
+          specs.push_back(spec);
+        }
+      }
+    }
+    // Named in the restored-state assertion; a stage of parameter-free
+    // layers (activations, reshapes) has nothing to assert.
+    if (!specs.empty()) {
+      stage.first_parameter = specs.front().name;
+    } else if (!tied_specs.empty()) {
+      stage.first_parameter = tied_specs.front().name;
+    }
+    stages_.push_back(std::move(stage));
+    stage_specs.push_back(std::move(specs));
+  }
+
+  // Shared buffers, each as large as the largest stage that uses it.
+  auto make_shared = [&](int count, const char* kind) {
+    std::vector<std::int64_t> sizes(static_cast<std::size_t>(count), 0);
+    for (std::size_t s = 0; s < stage_specs.size(); ++s) {
+      if (stage_specs[s].empty()) continue;
+      const FlatLayout layout(stage_specs[s], group->size(), options_.fsdp.alignment);
+      std::int64_t& size = sizes[s % sizes.size()];
+      size = std::max(size, layout.padded_numel());
+    }
+    std::vector<std::shared_ptr<StageBuffer>> buffers;
+    for (std::size_t k = 0; k < sizes.size(); ++k) {
+      buffers.push_back(std::make_shared<StageBuffer>(
+          "shared " + std::string(kind) + " buffer " + std::to_string(k), sizes[k],
+          options_.fsdp.compute_dtype, options_.fsdp.device));
+    }
+    return buffers;
+  };
+  if (options_.shared_weight_buffers > 0) {
+    shared_weight_buffers_ = make_shared(options_.shared_weight_buffers, "weight");
+  }
+  if (options_.shared_gradient_buffers > 0) {
+    shared_gradient_buffers_ = make_shared(options_.shared_gradient_buffers, "gradient");
+  }
+
+  for (std::size_t s = 0; s < stages_.size(); ++s) {
+    Stage& stage = stages_[s];
+    if (!stage_specs[s].empty()) {
+      SharedStageBuffers shared;
+      if (!shared_weight_buffers_.empty()) {
+        shared.weights = shared_weight_buffers_[s % shared_weight_buffers_.size()];
+      }
+      if (!shared_gradient_buffers_.empty()) {
+        shared.gradients = shared_gradient_buffers_[s % shared_gradient_buffers_.size()];
+      }
+      stage.fsdp = std::make_unique<Fsdp>("stage." + std::to_string(s), stage_specs[s], group,
+                                          options_.fsdp, shared);
+    }
+    // Bind each layer to its views: own parameters in layout (= declaration)
+    // order, tied ones by name.
+    std::size_t next_own = 0;
+    for (Layer* layer : stage.layers) {
+      std::vector<at::Tensor> views;
+      for (const ParameterSpec& spec : layer->parameter_specs()) {
+        if (is_tied(spec.name)) {
+          views.push_back(tied_->parameter_views()[tied_->layout().parameter_index(spec.name)]);
+        } else {
+          views.push_back(stage.fsdp->parameter_views()[next_own++]);
+        }
+      }
+      layer->bind(std::move(views));
+    }
+  }
+}
+
+Fsdp& MultiStageModel::stage(std::size_t index) {
+  Stage& stage = stages_.at(index);
+  if (!stage.fsdp) {
+    throw std::out_of_range("stage " + std::to_string(index) +
+                            " has no parameters of its own (they are all tied)");
+  }
+  return *stage.fsdp;
+}
+
+std::vector<Fsdp*> MultiStageModel::stages() {
+  std::vector<Fsdp*> result;
+  for (Stage& stage : stages_) {
+    if (stage.fsdp) result.push_back(stage.fsdp.get());
+  }
+  if (tied_) result.push_back(tied_.get());
+  return result;
+}
+
+void MultiStageModel::initialize_weights(std::uint64_t seed) {
+  // Gather the layers' own values first: a layer that can no longer supply
+  // them throws here, before any shard has been overwritten.
+  struct Supplied {
+    Fsdp* owner;
+    std::string name;
+    at::Tensor values;
+  };
+  std::vector<Supplied> supplied;
+  for (Stage& stage : stages_) {
+    for (Layer* layer : stage.layers) {
+      const std::vector<ParameterSpec> specs = layer->parameter_specs();
+      for (std::size_t i = 0; i < specs.size(); ++i) {
+        at::Tensor values = layer->initial_value(i);
+        if (!values.defined()) continue;
+        Fsdp* owner =
+            tied_ && tied_->layout().contains(specs[i].name) ? tied_.get() : stage.fsdp.get();
+        supplied.push_back({owner, specs[i].name, std::move(values)});
+      }
+    }
+  }
+  for (Fsdp* fsdp : stages()) fsdp->initialize_weights(seed);
+  for (const Supplied& entry : supplied) entry.owner->load_parameter(entry.name, entry.values);
+  supplied.clear();
+  for (Stage& stage : stages_) {
+    for (Layer* layer : stage.layers) layer->release_initial_values();
+  }
+}
+
+void MultiStageModel::zero_gradients() {
+  for (Fsdp* fsdp : stages()) {
+    if (options_.zero_stage == 1) {
+      fsdp->zero_gradient_buffer();
+    } else {
+      fsdp->zero_gradient_shard();
+    }
+  }
+}
+
+void MultiStageModel::restore(Stage& stage) {
+  if (stage.fsdp) {
+    stage.fsdp->restore_parameters();
+    // The forward asserts the restored state: never compute on the zeros of an
+    // unrestored buffer (docs/DESIGN.md, "The shape").
+    stage.fsdp->assert_restored(stage.first_parameter);
+  }
+  if (stage.uses_tied) tied_->assert_restored(tied_->layout().parameters().front().name);
+}
+
+void MultiStageModel::prefetch(std::size_t index) {
+  if (!options_.prefetch || index >= stages_.size()) return;
+  Fsdp* fsdp = stages_[index].fsdp.get();
+  // Every rank takes the same decision: it depends on the schedule only.
+  if (fsdp != nullptr && fsdp->may_begin_restore()) fsdp->begin_restore();
+}
+
+at::Tensor MultiStageModel::run_layers(Stage& stage, const at::Tensor& input, Fsdp* prefetching) {
+  at::Tensor activation = input;
+  for (Layer* layer : stage.layers) {
+    activation = layer->forward(activation);
+    // Between layers: let the next stage's all-gather advance (Note [MPI progress]).
+    if (prefetching != nullptr) prefetching->progress();
+  }
+  return activation;
+}
+
+Fsdp* MultiStageModel::prefetch_target(std::size_t index) {
+  if (!options_.prefetch || index >= stages_.size()) return nullptr;
+  return stages_[index].fsdp.get();
+}
+
+double MultiStageModel::forward_backward(const at::Tensor& input, const LossFunction& loss) {
+  const bool zero3 = options_.zero_stage == 3;
+  const bool reduce_in_backward = options_.zero_stage >= 2;
+  const std::size_t count = stages_.size();
+  if (tied_) {
+    tied_->restore_parameters();
+    if (reduce_in_backward) tied_->zero_gradient_buffer();
+  }
+  std::vector<at::Tensor> inputs(count);
+  std::vector<at::Tensor> outputs(count);
+  for (std::size_t s = 0; s < count; ++s) {
+    restore(stages_[s]);
+    prefetch(s + 1);
+    // Stage boundaries: the next stage starts from a detached leaf, whose
+    // gradient after that stage's backward is this stage's output gradient.
+    inputs[s] = s == 0 ? input : outputs[s - 1].detach().requires_grad_(true);
+    outputs[s] = run_layers(stages_[s], inputs[s], prefetch_target(s + 1));
+    // The last stage stays restored: its backward comes next.
+    if (zero3 && s + 1 < count && stages_[s].fsdp) stages_[s].fsdp->release();
+  }
+  const at::Tensor loss_value = loss(outputs.back());
+  for (std::size_t s = count; s-- > 0;) {
+    Stage& stage = stages_[s];
+    restore(stage);  // ZeRO-3: again; otherwise it still is
+    if (s > 0) prefetch(s - 1);
+    if (reduce_in_backward && stage.fsdp) stage.fsdp->zero_gradient_buffer();
+    if (s + 1 == count) {
+      torch::autograd::backward({loss_value});
+    } else if (outputs[s].requires_grad() && inputs[s + 1].grad().defined()) {
+      torch::autograd::backward({outputs[s]}, {inputs[s + 1].grad()});
+    }
+    if (stage.fsdp) {
+      if (reduce_in_backward) {
+        stage.fsdp->reduce_gradients(GradientReduction::kAverage, GradientUpdate::kAccumulate);
+      }
+      if (zero3) stage.fsdp->release();
+    }
+  }
+  if (tied_) {
+    if (reduce_in_backward) {
+      tied_->reduce_gradients(GradientReduction::kAverage, GradientUpdate::kAccumulate);
+    }
+    if (zero3) tied_->release();
+  }
+  return loss_value.item<double>();
+}
+
+void MultiStageModel::reduce_gradients() {
+  if (options_.zero_stage >= 2) return;  // done stage by stage in the backward
+  for (Fsdp* fsdp : stages()) fsdp->reduce_gradients(GradientReduction::kAverage);
+}
+
+at::Tensor MultiStageModel::forward(const at::Tensor& input) {
+  at::NoGradGuard no_grad;
+  const bool zero3 = options_.zero_stage == 3;
+  if (tied_) tied_->restore_parameters();
+  at::Tensor activation = input;
+  for (std::size_t s = 0; s < stages_.size(); ++s) {
+    restore(stages_[s]);
+    prefetch(s + 1);
+    activation = run_layers(stages_[s], activation, prefetch_target(s + 1));
+    if (zero3 && stages_[s].fsdp) stages_[s].fsdp->release();
+  }
+  if (zero3 && tied_) tied_->release();
+  return activation;
+}
+
+CommunicationStatistics MultiStageModel::communication_statistics() {
+  CommunicationStatistics total;
+  for (Fsdp* fsdp : stages()) {
+    const CommunicationStatistics& stage = fsdp->communication_statistics();
+    total.restores += stage.restores;
+    total.prefetched_restores += stage.prefetched_restores;
+    total.restore_seconds += stage.restore_seconds;
+    total.reduce_seconds += stage.reduce_seconds;
+  }
+  return total;
+}
+
+void MultiStageModel::reset_communication_statistics() {
+  for (Fsdp* fsdp : stages()) fsdp->reset_communication_statistics();
+}
+
+ModelMemory MultiStageModel::memory(const ShardedAdamW* optimizer) const {
+  ModelMemory memory;
+  auto add = [&](const Fsdp& fsdp) {
+    const StageMemory stage = fsdp.memory();
+    memory.weight_shards += stage.weight_shard;
+    memory.gradient_shards += stage.gradient_shard;
+    memory.weight_buffers += stage.weight_buffer;
+    memory.gradient_buffers += stage.gradient_buffer;
+  };
+  for (const Stage& stage : stages_) {
+    if (stage.fsdp) add(*stage.fsdp);
+  }
+  if (tied_) add(*tied_);
+  for (const auto& buffer : shared_weight_buffers_) {
+    memory.weight_buffers += static_cast<std::int64_t>(buffer->tensor().nbytes());
+  }
+  for (const auto& buffer : shared_gradient_buffers_) {
+    memory.gradient_buffers += static_cast<std::int64_t>(buffer->tensor().nbytes());
+  }
+  if (optimizer != nullptr) memory.optimizer_state = optimizer->state_bytes();
+  return memory;
+}
+
+}  // namespace fsdp::stages

@@ -1,0 +1,162 @@
+// A model split into stages, each a group of consecutive layers sharing one
+// Fsdp (one flat weight shard, one buffer), run stage by stage:
+//
+//   forward, stage 0 .. N-1:   restore -> assert restored -> layers -> (ZeRO-3: release)
+//   backward, stage N-1 .. 0:  (ZeRO-3: restore again) -> backward
+//                              -> (ZeRO-2/3: reduce-scatter into the gradient shard)
+//                              -> (ZeRO-3: release)
+//
+// Activations are detached at stage boundaries (the next stage's input is a
+// fresh leaf), so the schedule is explicit and each stage's backward runs on
+// its own: the gradient of stage s's output is stage s+1's input gradient.
+// This works the same on libtorch 1.13 and 2.x (no hooks involved).
+//
+// Data parallelism: every rank runs its own micro-batch through all stages;
+// gradients are averaged over ranks, so with equal local batches the result
+// is the gradient of the global mean loss.
+//
+// ZeRO stages (what each rank keeps between uses; shards are always sharded):
+//   1: every stage keeps a weight buffer and a gradient buffer. Weights stay
+//      restored from a stage's first forward to the optimizer step; gradients
+//      add up over micro-batches in the buffers and reduce_gradients()
+//      reduce-scatters them once per step.
+//   2: as 1, but each stage's gradients are reduce-scattered into its gradient
+//      shard as soon as its backward ends (accumulating over micro-batches), so
+//      gradient buffers may be shared between stages (shared_gradient_buffers).
+//   3: as 2, and weights are released after each stage's forward and restored
+//      again for its backward (the last stage stays restored across the turn),
+//      so weight buffers may be shared too (shared_weight_buffers): with 2
+//      shared weight buffers a rank holds its shards plus 2 stage buffers.
+//
+// Prefetch: the next stage's all-gather (forward) or the previous one's
+// (backward) starts before the current stage computes, and is finished when
+// that stage is reached (Fsdp::begin_restore). On CPU it is advanced between
+// layers, or by a progress thread (Note [MPI progress]); with NCCL it runs on
+// the communication stream (Note [Comm stream ordering]). A buffer is never touched while a
+// collective on it is in flight: Note [Buffer ordering] enforces it, and a
+// prefetch into a buffer another stage still holds is simply not started.
+//
+// Tied parameters: a parameter name declared by more than one layer (for
+// example "embedding.weight" by the embedding and by the output head) is one
+// parameter. It lives in a separate stage ("stage.tied") with its own
+// buffers, restored from the first forward to the end of the backward; every
+// layer that declares it is bound to the same view, so autograd sums the
+// gradients of all its uses into one gradient, reduced once.
+//
+// Thread-safety: none. Collectives: every method that restores or reduces is
+// collective over the group.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "fsdp/fsdp.h"
+#include "fsdp/stages/layer.h"
+
+namespace fsdp::stages {
+
+class ShardedAdamW;
+
+struct MultiStageOptions {
+  int layers_per_stage = 1;
+  int zero_stage = 1;  // 1, 2 or 3
+  // Weight buffers shared round-robin (stage s uses buffer s mod n), each as
+  // large as the largest stage using it; 0: every stage has its own. Needs
+  // zero_stage 3. Prefetch needs at least 2.
+  int shared_weight_buffers = 0;
+  // Gradient buffers shared round-robin; 0: every stage has its own. Needs zero_stage >= 2.
+  int shared_gradient_buffers = 0;
+  bool prefetch = false;
+  FsdpOptions fsdp;
+};
+
+// The bytes the runtime holds on this rank, each buffer counted once.
+struct ModelMemory {
+  std::int64_t weight_shards = 0;  // aliased shards (Note [Shard aliasing]) count 0
+  std::int64_t gradient_shards = 0;
+  std::int64_t optimizer_state = 0;
+  std::int64_t weight_buffers = 0;  // own and shared
+  std::int64_t gradient_buffers = 0;
+  std::int64_t total() const {
+    return weight_shards + gradient_shards + optimizer_state + weight_buffers + gradient_buffers;
+  }
+  // "total 12.0 MiB: weight shards 4.0 MiB, ..." for logs.
+  std::string describe() const;
+};
+
+class MultiStageModel {
+ public:
+  using LossFunction = std::function<at::Tensor(const at::Tensor& output)>;
+
+  // Splits `layers` into stages of options.layers_per_stage (the last may be
+  // shorter), lays out and shards each stage's parameters, and binds every
+  // layer to its views. Throws std::invalid_argument for a bad option or a
+  // tied parameter declared with different shapes or dtypes, naming it.
+  MultiStageModel(std::vector<std::unique_ptr<Layer>> layers, std::shared_ptr<ProcessGroup> group,
+                  MultiStageOptions options);
+
+  // Stages in schedule order; a stage whose parameters are all tied has no Fsdp.
+  std::size_t stage_count() const { return stages_.size(); }
+  Fsdp& stage(std::size_t index);
+  bool stage_has_parameters(std::size_t index) const { return stages_.at(index).fsdp != nullptr; }
+  // The stage holding the tied parameters, or null.
+  Fsdp* tied_stage() { return tied_.get(); }
+  // Every Fsdp (tied stage last): what the optimizer and the inspector work on.
+  std::vector<Fsdp*> stages();
+  const MultiStageOptions& options() const { return options_; }
+
+  // Deterministic, world-size-independent weights (Fsdp::initialize_weights),
+  // then the values of parameters whose layer supplies them (Layer::initial_value).
+  void initialize_weights(std::uint64_t seed);
+
+  // Before a step's first micro-batch: zeroes the gradient buffers (ZeRO-1) or
+  // the gradient shards (ZeRO-2/3, which accumulate reduced micro-batches).
+  void zero_gradients();
+
+  // One micro-batch: forward through every stage, `loss` on the last output,
+  // backward through every stage in reverse. Returns this rank's loss. Collective.
+  double forward_backward(const at::Tensor& input, const LossFunction& loss);
+
+  // After the micro-batches: leaves the averaged gradients in the gradient
+  // shards. Under ZeRO-1 this reduce-scatters the buffers; under ZeRO-2/3 the
+  // backward already did, and this does nothing. Collective.
+  void reduce_gradients();
+
+  // Forward only, without autograd (inference, evaluation). Collective.
+  at::Tensor forward(const at::Tensor& input);
+
+  // Summed over every stage (Fsdp::communication_statistics).
+  CommunicationStatistics communication_statistics();
+  void reset_communication_statistics();
+
+  // What the runtime holds on this rank; `optimizer` adds its state.
+  ModelMemory memory(const ShardedAdamW* optimizer = nullptr) const;
+
+ private:
+  struct Stage {
+    std::unique_ptr<Fsdp> fsdp;  // null when every parameter of the stage is tied
+    std::vector<Layer*> layers;
+    std::string first_parameter;  // named in the restored-state assertion
+    bool uses_tied = false;
+  };
+
+  void build_stages(const std::shared_ptr<ProcessGroup>& group);
+  void restore(Stage& stage);
+  void prefetch(std::size_t index);
+  // `prefetching`: a stage whose restore may be in flight, advanced between layers.
+  at::Tensor run_layers(Stage& stage, const at::Tensor& input, Fsdp* prefetching);
+  Fsdp* prefetch_target(std::size_t index);
+
+  std::vector<std::unique_ptr<Layer>> layers_;
+  std::vector<Stage> stages_;
+  std::unique_ptr<Fsdp> tied_;
+  std::vector<std::shared_ptr<StageBuffer>> shared_weight_buffers_;
+  std::vector<std::shared_ptr<StageBuffer>> shared_gradient_buffers_;
+  MultiStageOptions options_;
+};
+
+}  // namespace fsdp::stages
