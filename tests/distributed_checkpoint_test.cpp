@@ -6,7 +6,10 @@
 // ranks: at -np 4 the same test saves at 4 and loads at 1, 2 and 3, and
 // saves at 3 and loads at 2.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+
 #include <mpi.h>
+#include <functional>
 
 #include "checkpoint_test_support.h"
 #include "fsdp/checkpoint/checkpoint_error.h"
@@ -269,6 +272,70 @@ TEST(DistributedCheckpointErrors, RankFilesOutsideTheDirectoryAreRefused) {
   saved.expect_load_error(saved.config, {"index.json: file " + std::to_string(last) + ": \"" +
                                              name + "\" leads outside",
                                          "must lie in its own directory"});
+}
+
+// Hostile indexes and files: a FIFO or a directory in place of index.json
+// (a FIFO hung the reader), an index nested 60,000 deep, the files array
+// permuted, and rank files swapped on disk (they loaded as each other's).
+TEST(DistributedCheckpointErrors, FifoDeepIndexAndSwappedRankFilesAreRefused) {
+  SavedCheckpoint saved;
+  const auto index_path = saved.path / "index.json";
+  saved.edit([&] { fs::rename(index_path, saved.directory / "index.json.good"); });
+  saved.edit([&] { ASSERT_EQ(::mkfifo(index_path.c_str(), 0600), 0); });
+  saved.expect_load_error(saved.config, {"index.json: not a regular file"});
+  saved.edit([&] {
+    fs::remove(index_path);
+    fs::create_directory(index_path);
+  });
+  saved.expect_load_error(saved.config, {"index.json: not a regular file (a directory)"});
+  saved.edit([&] {
+    fs::remove(index_path);
+    std::ofstream(index_path) << std::string(60000, '[') << std::string(60000, ']');
+  });
+  saved.expect_load_error(saved.config, {"index.json: JSON nested deeper than 64 levels"});
+  saved.edit([&] { fs::rename(saved.directory / "index.json.good", index_path); });
+  const auto rank_file = saved.path / checkpoint::rank_file_name(0, saved.group->size());
+  saved.edit([&] {
+    fs::rename(rank_file, saved.directory / "rank-file.good");
+    ASSERT_EQ(::mkfifo(rank_file.c_str(), 0600), 0);
+  });
+  saved.expect_load_error(saved.config, {rank_file.string(), "not a regular file"});
+  saved.edit([&] {
+    fs::remove(rank_file);
+    fs::rename(saved.directory / "rank-file.good", rank_file);
+  });
+  if (saved.group->size() < 2) return;  // nothing to swap at world size 1
+
+  const auto edit_index = [&](const std::function<void(nlohmann::json&)>& change) {
+    saved.edit([&] {
+      std::ifstream in(index_path);
+      auto index = nlohmann::json::parse(in);
+      in.close();
+      change(index);
+      std::ofstream(index_path) << index.dump(1);
+    });
+  };
+  edit_index([](nlohmann::json& index) { std::swap(index["files"][0], index["files"][1]); });
+  const std::string first = checkpoint::rank_file_name(0, saved.group->size());
+  const std::string second = checkpoint::rank_file_name(1, saved.group->size());
+  saved.expect_load_error(saved.config, {"file 0 is named \"" + second + "\""});
+  edit_index([](nlohmann::json& index) { std::swap(index["files"][0], index["files"][1]); });
+  // Swapped on disk, with the index's records following them: the files' own
+  // metadata still says whose they are.
+  saved.edit([&] {
+    fs::rename(saved.path / first, saved.path / "swap");
+    fs::rename(saved.path / second, saved.path / first);
+    fs::rename(saved.path / "swap", saved.path / second);
+  });
+  edit_index([&](nlohmann::json& index) {
+    std::swap(index["files"][0], index["files"][1]);
+    index["files"][0]["name"] = first;
+    index["files"][0]["rank"] = 0;
+    index["files"][1]["name"] = second;
+    index["files"][1]["rank"] = 1;
+  });
+  saved.expect_load_error(saved.config, {first + ": its metadata says format", "rank 1 of",
+                                         "the index lists it as rank 0 of"});
 }
 
 TEST(DistributedCheckpointErrors, CorruptOrMissingIndex) {

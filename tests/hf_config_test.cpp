@@ -2,6 +2,11 @@
 // features, and refusals that name the file, the field, the value and what is
 // supported (never a silently different function).
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
 
 #include "fsdp/models/hf_config.h"
 
@@ -167,6 +172,34 @@ TEST(HfConfig, ExportConfigForPresetsReadsBackToTheSameModel) {
   EXPECT_EQ(moe_config["architectures"][0], "MixtralForCausalLM");
   EXPECT_EQ(moe_config["dtype"], "bfloat16");
   EXPECT_EQ(hf_config_from_json(moe_config, "x").model.expert_naming, HfExpertNaming::kMixtral);
+}
+
+// config.json is a file the user hands us: a deeply nested one, a FIFO or a
+// directory in its place are refused without crashing or waiting.
+TEST(HfConfig, HostileConfigFilesAreRefused) {
+  const auto directory =
+      std::filesystem::temp_directory_path() / ("hf_config_test_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(directory);
+  std::filesystem::create_directories(directory);
+  const auto refusal = [&]() -> std::string {
+    try {
+      read_hf_config(directory);
+    } catch (const ConfigurationError& error) {
+      return error.what();
+    }
+    return "(accepted)";
+  };
+  std::ofstream(directory / "config.json") << std::string(60000, '[') << std::string(60000, ']');
+  EXPECT_NE(refusal().find("config.json: JSON nested deeper than 64 levels"), std::string::npos)
+      << refusal();
+  std::filesystem::remove(directory / "config.json");
+  ASSERT_EQ(::mkfifo((directory / "config.json").c_str(), 0600), 0);
+  EXPECT_NE(refusal().find("config.json: not a regular file"), std::string::npos) << refusal();
+  std::filesystem::remove(directory / "config.json");
+  std::filesystem::create_directory(directory / "config.json");
+  EXPECT_NE(refusal().find("config.json: not a regular file (a directory)"), std::string::npos)
+      << refusal();
+  std::filesystem::remove_all(directory);
 }
 
 }  // namespace

@@ -131,6 +131,27 @@ TEST_F(SafetensorsTest, RejectsInvalidUtf8) {
   expect_rejected(craft("utf8.safetensors", "{\"t\xff\":{}}", 0), "not valid UTF-8 JSON");
 }
 
+// 60,000 nested arrays (a 120 KB header) crashed the printing of the error
+// message (recursion); nesting is bounded while parsing.
+TEST_F(SafetensorsTest, RejectsDeeplyNestedHeaderWithoutCrashing) {
+  const std::string deep = "{\"x\":" + std::string(60000, '[') + std::string(60000, ']') + "}";
+  expect_rejected(craft("deep.safetensors", deep, 0), "the header nests deeper than 64 levels");
+  // A long value is shown cut short, never whole.
+  const std::string wide = R"({"__metadata__":{"k":[)" + std::string(5000, '1') + "]}}";
+  try {
+    SafetensorsFile opened(craft("wide.safetensors", wide, 0));
+    FAIL() << "accepted a non-string metadata value";
+  } catch (const CheckpointError& error) {
+    EXPECT_LT(std::string(error.what()).size(), 400u) << error.what();
+  }
+}
+
+// nlohmann's lexer stops at a NUL byte; the reference reader rejects this.
+TEST_F(SafetensorsTest, RejectsHeaderWithANulByte) {
+  expect_rejected(craft("nul.safetensors", std::string("{}\0garbage", 10), 0),
+                  "a NUL byte at offset 2 of 10");
+}
+
 TEST_F(SafetensorsTest, RejectsNonObjectHeader) {
   expect_rejected(craft("array.safetensors", "[1,2]", 0), "must be a JSON object");
 }

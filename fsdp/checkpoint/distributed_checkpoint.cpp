@@ -11,6 +11,7 @@
 #include "fsdp/checkpoint/checkpoint_error.h"
 #include "fsdp/checkpoint/element_conversion.h"
 #include "fsdp/checkpoint/file_io.h"
+#include "fsdp/checkpoint/json_input.h"
 #include "fsdp/checkpoint/load_verification.h"
 #include "fsdp/checkpoint/safetensors_file.h"
 #include "fsdp/checkpoint/stage_group.h"
@@ -157,17 +158,12 @@ T field(const json& object, const char* name, const std::string& context) {
 CheckpointIndex parse_index(const fs::path& directory) {
   const auto path = directory / kCheckpointIndexFileName;
   const std::string context = path.string();
-  std::ifstream stream(path);
-  if (!stream) {
+  std::error_code error;
+  if (!fs::exists(fs::symlink_status(path, error))) {
     throw CheckpointError(context + ": cannot open (is " + directory.string() +
                           " a checkpoint saved by this runtime?)");
   }
-  json root;
-  try {
-    root = json::parse(stream);
-  } catch (const json::exception& error) {
-    throw CheckpointError(context + ": not valid JSON: " + error.what());
-  }
+  const json root = read_untrusted_json_file(path);  // a regular file, bounded depth and size
   if (!root.is_object() || root.value(key::kFormat, std::string()) != kCheckpointFormat) {
     throw CheckpointError(context + ": not an " + std::string(kCheckpointFormat) + " index");
   }
@@ -226,6 +222,14 @@ CheckpointIndex parse_index(const fs::path& directory) {
                             expected_name + "\", in the checkpoint directory");
     }
     file_inside(directory, record.name, context + ": file " + std::to_string(rank));  // symlinks
+    const auto recorded_rank = file.find(key::kRank);
+    if (recorded_rank != file.end() && *recorded_rank != rank) {
+      throw CheckpointError(context + ": file " + std::to_string(rank) + " (\"" + record.name +
+                            "\") says rank " + json_excerpt(*recorded_rank) +
+                            "; the files must be listed in rank order");
+    }
+    record.rank = rank;
+    record.world_size = index.world_size;
     record.bytes = field<std::int64_t>(file, key::kBytes, context);
     const auto checksum = field<json>(file, key::kChecksum, context + ": file " + record.name);
     if (checksum.value(key::kAlgorithm, std::string()) != kChecksumAlgorithm) {

@@ -86,6 +86,8 @@ struct StageRecord {
 
 struct FileRecord {
   std::string name;
+  int rank = 0;        // whose shards it holds: its position in the index
+  int world_size = 0;  // of the saving job
   std::int64_t bytes = 0;
   std::int64_t checksum_block_bytes = 0;
   std::vector<std::uint64_t> checksums;

@@ -21,12 +21,17 @@ namespace {
 }  // namespace
 
 File File::open_for_reading(const std::filesystem::path& path) {
-  const int descriptor = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused
+  // below); on a regular file the flag changes nothing.
+  const int descriptor = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   if (descriptor < 0) throw_system_error("cannot open", path);
   struct stat status {};
-  if (::fstat(descriptor, &status) == 0 && S_ISDIR(status.st_mode)) {
+  if (::fstat(descriptor, &status) != 0 || !S_ISREG(status.st_mode)) {
     ::close(descriptor);
-    throw CheckpointError("cannot open " + path.string() + ": it is a directory, not a file");
+    throw CheckpointError("cannot open " + path.string() + ": " +
+                          (S_ISDIR(status.st_mode)
+                               ? "it is a directory, not a file"
+                               : "not a regular file (a FIFO, socket or device)"));
   }
   return File(descriptor, path);
 }

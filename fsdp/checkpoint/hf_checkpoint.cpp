@@ -8,21 +8,10 @@
 
 #include "fsdp/checkpoint/checkpoint_error.h"
 #include "fsdp/checkpoint/file_io.h"
+#include "fsdp/checkpoint/json_input.h"
 
 namespace fsdp::checkpoint {
-namespace {
-
-nlohmann::json read_json_file(const std::filesystem::path& path) {
-  std::ifstream stream(path);
-  if (!stream) throw CheckpointError("cannot open " + path.string());
-  try {
-    return nlohmann::json::parse(stream);
-  } catch (const nlohmann::json::exception& error) {
-    throw CheckpointError(path.string() + ": not valid JSON: " + error.what());
-  }
-}
-
-}  // namespace
+namespace {}  // namespace
 
 HfCheckpoint::HfCheckpoint(const std::filesystem::path& path) {
   std::error_code error;
@@ -37,7 +26,7 @@ HfCheckpoint::HfCheckpoint(const std::filesystem::path& path) {
   const auto index_path = path / kHfIndexFileName;
   if (std::filesystem::exists(index_path, error)) {
     source_ = index_path.string();
-    const auto index = read_json_file(index_path);
+    const auto index = read_untrusted_json_file(index_path);
     const auto weight_map = index.find("weight_map");
     if (!index.is_object() || weight_map == index.end() || !weight_map->is_object()) {
       throw CheckpointError(source_ + ": expected an object with a \"weight_map\" object");

@@ -19,8 +19,10 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path)
   std::uint64_t header_length = 0;
   for (int i = 7; i >= 0; --i) header_length = (header_length << 8) | length_bytes[i];
   if (header_length > kMaxHeaderBytes) {
-    throw CheckpointError(name + ": header length " + std::to_string(header_length) +
-                          " exceeds the limit of " + std::to_string(kMaxHeaderBytes) +
+    // The value is not printed: from a file that is not safetensors it would
+    // be 8 bytes of its content ("root:x:0" for /etc/passwd).
+    throw CheckpointError(name + ": its header length field exceeds the limit of " +
+                          std::to_string(kMaxHeaderBytes) +
                           " bytes (not a safetensors file, or corrupt)");
   }
   const auto available = static_cast<std::uint64_t>(file_size_ - kHeaderLengthBytes);

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "fsdp/checkpoint/checkpoint_error.h"
+#include "fsdp/checkpoint/json_input.h"
 
 namespace fsdp::checkpoint {
 namespace {
@@ -65,13 +66,13 @@ std::int64_t non_negative_integer(const nlohmann::json& value, const std::string
     return static_cast<std::int64_t>(number);
   }
   fail(file, "tensor \"" + key + "\": " + field + " must hold non-negative integers, found " +
-                 value.dump());
+                 json_excerpt(value));
 }
 
 TensorEntry parse_entry(const std::string& key, const nlohmann::json& value,
                         const std::string& file) {
   if (!value.is_object()) {
-    fail(file, "tensor \"" + key + "\": expected an object, found " + value.dump());
+    fail(file, "tensor \"" + key + "\": expected an object, found " + json_excerpt(value));
   }
   TensorEntry entry;
   entry.name = key;
@@ -166,17 +167,28 @@ SafetensorsHeader parse_header(std::string_view json_text, std::int64_t data_byt
   std::string duplicate;
   const nlohmann::json::parser_callback_t callback =
       [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+        // Bounded, so that nothing recursing over the value (printing it in
+        // a message) can exhaust the stack: real headers nest 3 levels.
+        if (depth > kMaxJsonDepth) {
+          fail(file, "the header nests deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+        }
         if (event == nlohmann::json::parse_event_t::key && depth == 1 && duplicate.empty()) {
           const auto& key = parsed.get_ref<const std::string&>();
           if (!seen_keys.insert(key).second) duplicate = key;
         }
         return true;
       };
+  // nlohmann's lexer ends the input at a NUL byte and would accept "{}\0junk";
+  // the reference reader parses the whole header, in which no NUL can stand.
+  if (const auto nul = json_text.find('\0'); nul != std::string_view::npos) {
+    fail(file, "the header is not valid UTF-8 JSON: a NUL byte at offset " + std::to_string(nul) +
+                   " of " + std::to_string(json_text.size()));
+  }
   nlohmann::json root;
   try {
     root = nlohmann::json::parse(json_text.begin(), json_text.end(), callback);
   } catch (const nlohmann::json::exception& error) {
-    fail(file, std::string("the header is not valid UTF-8 JSON: ") + error.what());
+    fail(file, "the header is not valid UTF-8 JSON: " + json_error_excerpt(error.what()));
   }
   if (!duplicate.empty()) fail(file, "the header names tensor \"" + duplicate + "\" twice");
   if (!root.is_object())
@@ -190,7 +202,7 @@ SafetensorsHeader parse_header(std::string_view json_text, std::int64_t data_byt
       for (const auto& [metadata_key, metadata_value] : value.items()) {
         if (!metadata_value.is_string()) {
           fail(file, "\"__metadata__\" entry \"" + metadata_key + "\" must be a string, found " +
-                         metadata_value.dump());
+                         json_excerpt(metadata_value));
         }
         header.metadata[metadata_key] = metadata_value.get<std::string>();
       }

@@ -17,6 +17,23 @@ VerifiedReader::VerifiedReader(const std::filesystem::path& path, FileRecord rec
     throw CheckpointError(file_.path() + ": " + std::to_string(file_.file_size()) +
                           " bytes, but the index recorded " + std::to_string(record_.bytes));
   }
+  // The file's own word on whose shards it holds: a rank file renamed or
+  // copied into another rank's place would otherwise load as that rank's.
+  const auto& metadata = file_.header().metadata;
+  const auto said = [&](const char* key) {
+    const auto found = metadata.find(key);
+    return found == metadata.end() ? std::string("(absent)") : found->second.substr(0, 40);
+  };
+  if (said(rank_file_metadata_key::kFormat) != kCheckpointFormat ||
+      said(rank_file_metadata_key::kRank) != std::to_string(record_.rank) ||
+      said(rank_file_metadata_key::kWorldSize) != std::to_string(record_.world_size)) {
+    throw CheckpointError(file_.path() + ": its metadata says format " +
+                          said(rank_file_metadata_key::kFormat) + ", rank " +
+                          said(rank_file_metadata_key::kRank) + " of " +
+                          said(rank_file_metadata_key::kWorldSize) +
+                          "; the index lists it as rank " + std::to_string(record_.rank) + " of " +
+                          std::to_string(record_.world_size) + " (files swapped or copied?)");
+  }
   // read_checkpoint_index checked that the block size is positive and that
   // there is one checksum per block.
   const std::int64_t block = record_.checksum_block_bytes;

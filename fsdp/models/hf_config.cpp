@@ -6,6 +6,7 @@
 #include <set>
 #include <stdexcept>
 
+#include "fsdp/checkpoint/json_input.h"
 #include "fsdp/errors.h"
 #include "fsdp/models/llama_config_json.h"
 
@@ -345,16 +346,16 @@ HfModelConfig hf_config_from_json(const json& config, const std::string& source_
 
 HfModelConfig read_hf_config(const std::filesystem::path& directory) {
   const std::filesystem::path path = directory / "config.json";
-  std::ifstream file(path);
-  if (!file) {
+  std::error_code error;
+  if (!std::filesystem::exists(path, error)) {
     throw ConfigurationError(path.string() +
                              ": cannot be read (an HF model directory needs its config.json)");
   }
   json config;
   try {
-    config = json::parse(file);
-  } catch (const json::exception& error) {
-    throw ConfigurationError(path.string() + ": not valid JSON (" + error.what() + ")");
+    config = checkpoint::read_untrusted_json_file(path);  // bounded depth and size, no FIFO
+  } catch (const CheckpointError& failure) {
+    throw ConfigurationError(failure.what());
   }
   return hf_config_from_json(config, path.string());
 }
