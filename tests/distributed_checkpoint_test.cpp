@@ -10,6 +10,7 @@
 
 #include <mpi.h>
 #include <functional>
+#include <limits>
 
 #include "checkpoint_test_support.h"
 #include "fsdp/checkpoint/checkpoint_error.h"
@@ -336,6 +337,44 @@ TEST(DistributedCheckpointErrors, FifoDeepIndexAndSwappedRankFilesAreRefused) {
   });
   saved.expect_load_error(saved.config, {first + ": its metadata says format", "rank 1 of",
                                          "the index lists it as rank 0 of"});
+}
+
+// Numbers in index.json are validated with ranges, naming the key
+// (4294967299 ranks read as 3, and -1 elements loaded until MPI aborted).
+TEST(DistributedCheckpointErrors, IndexNumbersOutOfRangeNameTheKey) {
+  SavedCheckpoint saved;
+  const auto index_path = saved.path / "index.json";
+  saved.edit([&] { fs::copy_file(index_path, saved.directory / "index.json.good"); });
+  const auto expect_refused = [&](const std::function<void(nlohmann::json&)>& change,
+                                  const std::string& expected) {
+    saved.edit([&] {
+      std::ifstream in(saved.directory / "index.json.good");
+      auto index = nlohmann::json::parse(in);
+      change(index);
+      std::ofstream(index_path) << index.dump(1);
+    });
+    saved.expect_load_error(saved.config, {"index.json", expected});
+  };
+  expect_refused([](nlohmann::json& index) { index["world_size"] = 4294967299ull; },
+                 "field \"world_size\" is 4294967299, expected an integer from 1 to");
+  expect_refused([](nlohmann::json& index) { index["step"] = -1; },
+                 "field \"step\" is -1, expected an integer from 0 to");
+  expect_refused([](nlohmann::json& index) { index["optimizer_steps"] = -5; },
+                 "field \"optimizer_steps\" is -5");
+  expect_refused([](nlohmann::json& index) { index["stages"][0]["unpadded_numel"] = -1; },
+                 "field \"unpadded_numel\" is -1");
+  expect_refused([](nlohmann::json& index) { index["step"] = "ten"; },
+                 "field \"step\" is \"ten\", expected an integer");
+  expect_refused(
+      [](nlohmann::json& index) {
+        index["files"][0]["bytes"] = std::numeric_limits<std::int64_t>::max();
+      },
+      "field \"bytes\" is 9223372036854775807");
+  expect_refused(
+      [](nlohmann::json& index) {
+        index["stages"][0]["parameters"][0]["flat_range"] = {5, 2};
+      },
+      "flat_range must be [begin, end] with begin <= end");
 }
 
 TEST(DistributedCheckpointErrors, CorruptOrMissingIndex) {

@@ -57,6 +57,13 @@ fsdp_add_program_test(train_nan_learning_rate EXIT 2 COMMAND ${FSDP_MPIRUN} -np 
 fsdp_add_program_test(train_huge_micro_batches EXIT 2
                       COMMAND ${FSDP_MPIRUN} -np 4 ${train} --micro-batches 4611686018427387904
                       ONCE "--batch 24 \\(the global batch must split evenly")
+fsdp_add_program_test(train_stray_argument EXIT 2
+                      COMMAND ${FSDP_MPIRUN} -np 2 ${train} --steps 5 oops
+                      ONCE "unexpected argument 'oops' \\(fsdp-train takes only options\\)"
+                      FORBID "step 1/")
+fsdp_add_program_test(train_timeout_out_of_range EXIT 2
+                      COMMAND ${FSDP_MPIRUN} -np 2 ${train} --collective-timeout 1e19
+                      ONCE "--collective-timeout 1e\\+19 \\(expected a number of seconds from 0.001 to 1000000\\)")
 fsdp_add_program_test(train_stop_after_without_checkpoint EXIT 2
                       COMMAND ${FSDP_MPIRUN} -np 2 ${train} --stop-after 5 --no-checkpoint
                       ONCE "--stop-after saves a checkpoint to resume from")

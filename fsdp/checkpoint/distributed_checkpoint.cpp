@@ -155,6 +155,45 @@ T field(const json& object, const char* name, const std::string& context) {
   }
 }
 
+// An integer field inside [minimum, maximum]: JSON numbers are taken on no
+// trust (4294967299 must not read as 3, -1 not as a size).
+std::int64_t integer_in(const json& value, std::int64_t minimum, std::int64_t maximum,
+                        const std::string& what) {
+  const bool in_range =
+      (value.is_number_unsigned() &&
+       value.get<std::uint64_t>() <= static_cast<std::uint64_t>(maximum)) ||
+      (value.is_number_integer() && !value.is_number_unsigned() &&
+       value.get<std::int64_t>() >= minimum && value.get<std::int64_t>() <= maximum);
+  if (!in_range || value.get<std::int64_t>() < minimum) {
+    throw CheckpointError(what + " is " + json_excerpt(value) + ", expected an integer from " +
+                          std::to_string(minimum) + " to " + std::to_string(maximum));
+  }
+  return value.get<std::int64_t>();
+}
+
+std::int64_t integer(const json& object, const char* name, std::int64_t minimum,
+                     std::int64_t maximum, const std::string& context) {
+  const auto found = object.find(name);
+  if (found == object.end()) throw CheckpointError(context + ": missing field \"" + name + "\"");
+  return integer_in(*found, minimum, maximum, context + ": field \"" + name + "\"");
+}
+
+std::vector<std::int64_t> integers(const json& object, const char* name, std::int64_t minimum,
+                                   std::int64_t maximum, const std::string& context) {
+  const auto list = field<json>(object, name, context);
+  if (!list.is_array()) {
+    throw CheckpointError(context + ": field \"" + name + "\" must be an array of integers");
+  }
+  std::vector<std::int64_t> values;
+  for (const auto& value : list) {
+    values.push_back(integer_in(value, minimum, maximum, context + ": field \"" + name + "\""));
+  }
+  return values;
+}
+
+constexpr std::int64_t kMaxCount = std::int64_t{1} << 56;  // elements or bytes: far beyond any disk
+constexpr std::int64_t kMaxWorldSize = std::int64_t{1} << 24;
+
 CheckpointIndex parse_index(const fs::path& directory) {
   const auto path = directory / kCheckpointIndexFileName;
   const std::string context = path.string();
@@ -167,27 +206,30 @@ CheckpointIndex parse_index(const fs::path& directory) {
   if (!root.is_object() || root.value(key::kFormat, std::string()) != kCheckpointFormat) {
     throw CheckpointError(context + ": not an " + std::string(kCheckpointFormat) + " index");
   }
-  const int version = field<int>(root, key::kFormatVersion, context);
+  const auto version = integer(root, key::kFormatVersion, 0, 1 << 20, context);
   if (version != kCheckpointFormatVersion) {
     throw CheckpointError(context + ": format version " + std::to_string(version) +
                           ", this build reads version " + std::to_string(kCheckpointFormatVersion));
   }
   CheckpointIndex index;
   index.directory = directory;
-  index.world_size = field<int>(root, key::kWorldSize, context);
-  index.step = field<std::int64_t>(root, key::kStep, context);
+  index.world_size = static_cast<int>(integer(root, key::kWorldSize, 1, kMaxWorldSize, context));
+  index.step = integer(root, key::kStep, 0, kMaxCount, context);
   index.training_config = root.value(key::kTrainingConfig, json::object());
   index.has_gradients = field<bool>(root, key::kGradients, context);
   index.has_optimizer = field<bool>(root, key::kOptimizer, context);
-  index.optimizer_steps = root.value(key::kOptimizerSteps, std::int64_t{0});
+  index.optimizer_steps = root.contains(key::kOptimizerSteps)
+                              ? integer(root, key::kOptimizerSteps, 0, kMaxCount, context)
+                              : 0;
   if (index.world_size < 1) throw CheckpointError(context + ": world_size must be at least 1");
   for (const auto& stage : field<json>(root, key::kStages, context)) {
     StageRecord record;
     record.name = field<std::string>(stage, key::kName, context);
     const std::string stage_context = context + ": stage \"" + record.name + "\"";
     record.shard_dtype = field<std::string>(stage, key::kShardDtype, stage_context);
-    record.unpadded_numel = field<std::int64_t>(stage, key::kUnpaddedNumel, stage_context);
-    record.shard_numel = field<std::int64_t>(stage, key::kShardNumel, stage_context);
+    record.unpadded_numel = integer(stage, key::kUnpaddedNumel, 0, kMaxCount, stage_context);
+    record.shard_numel = integer(stage, key::kShardNumel, 0, kMaxCount, stage_context);
+    // Both bounded by 2^56 and 2^24: the product cannot overflow.
     if (record.shard_numel * index.world_size < record.unpadded_numel) {
       throw CheckpointError(stage_context + ": " + std::to_string(index.world_size) +
                             " shards of " + std::to_string(record.shard_numel) +
@@ -196,13 +238,17 @@ CheckpointIndex parse_index(const fs::path& directory) {
     for (const auto& parameter : field<json>(stage, key::kParameters, stage_context)) {
       ParameterSpec spec;
       spec.name = field<std::string>(parameter, key::kName, stage_context);
-      spec.shape = field<std::vector<std::int64_t>>(parameter, key::kShape, stage_context);
+      spec.shape = integers(parameter, key::kShape, 0, kMaxCount, stage_context);
       spec.dtype = element_type_named(field<std::string>(parameter, key::kDtype, stage_context),
                                       stage_context + " parameter \"" + spec.name + "\"");
       const auto range =
-          field<std::vector<std::int64_t>>(parameter, key::kFlatRange, stage_context);
-      if (range.size() != 2)
-        throw CheckpointError(stage_context + ": flat_range must be [begin, end]");
+          integers(parameter, key::kFlatRange, 0, record.unpadded_numel, stage_context);
+      if (range.size() != 2 || range[0] > range[1]) {
+        throw CheckpointError(stage_context + ": parameter \"" + spec.name +
+                              "\": flat_range must be [begin, end] with begin <= end <= "
+                              "unpadded_numel " +
+                              std::to_string(record.unpadded_numel));
+      }
       record.parameters.push_back(std::move(spec));
       record.flat_ranges.push_back({range[0], range[1]});
     }
@@ -230,20 +276,21 @@ CheckpointIndex parse_index(const fs::path& directory) {
     }
     record.rank = rank;
     record.world_size = index.world_size;
-    record.bytes = field<std::int64_t>(file, key::kBytes, context);
+    record.bytes = integer(file, key::kBytes, 0, kMaxCount, context + ": file " + record.name);
     const auto checksum = field<json>(file, key::kChecksum, context + ": file " + record.name);
     if (checksum.value(key::kAlgorithm, std::string()) != kChecksumAlgorithm) {
       throw CheckpointError(context + ": file " + record.name + ": checksum algorithm must be " +
                             kChecksumAlgorithm);
     }
-    record.checksum_block_bytes = field<std::int64_t>(checksum, key::kBlockBytes, context);
+    record.checksum_block_bytes =
+        integer(checksum, key::kBlockBytes, 1, kMaxCount, context + ": file " + record.name);
     for (const auto& block : field<std::vector<std::string>>(checksum, key::kBlocks, context)) {
       record.checksums.push_back(parse_checksum(block, context + ": file " + record.name));
     }
-    const auto expected_blocks =
-        record.checksum_block_bytes > 0
-            ? (record.bytes + record.checksum_block_bytes - 1) / record.checksum_block_bytes
-            : -1;
+    const auto expected_blocks = record.checksum_block_bytes > 0
+                                     ? record.bytes / record.checksum_block_bytes +
+                                           (record.bytes % record.checksum_block_bytes != 0 ? 1 : 0)
+                                     : -1;
     if (expected_blocks != static_cast<std::int64_t>(record.checksums.size())) {
       throw CheckpointError(context + ": file " + record.name + " of " +
                             std::to_string(record.bytes) + " bytes needs " +

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <exception>
 #include <iostream>
+#include <sstream>
 #include <string>
 
 #include "fsdp/collective_errors.h"
@@ -39,10 +40,15 @@ RuntimeOptions runtime_options_from(const po::variables_map& values) {
   } else {
     throw po::invalid_option_value("--backend " + backend + " (expected auto, mpi or nccl)");
   }
+  // Bounded: a millisecond count must stay positive and far from overflowing
+  // the clock arithmetic (1e19 s printed as a negative timeout, 1e-9 became 0).
+  constexpr double kMaxSeconds = 1e6;  // 11.6 days
   const double seconds = values["collective-timeout"].as<double>();
-  if (!(seconds > 0) || !std::isfinite(seconds)) {
-    throw po::invalid_option_value("--collective-timeout " + std::to_string(seconds) +
-                                   " (expected a positive number of seconds)");
+  if (!(seconds >= 0.001 && seconds <= kMaxSeconds)) {
+    std::ostringstream shown;
+    shown << seconds;
+    throw po::invalid_option_value("--collective-timeout " + shown.str() +
+                                   " (expected a number of seconds from 0.001 to 1000000)");
   }
   options.collective_timeout = std::chrono::milliseconds(static_cast<long long>(seconds * 1000));
   return options;
@@ -57,7 +63,15 @@ int run_program(int argc, char** argv, const ProgramInfo& info,
   po::variables_map values;
   RuntimeOptions runtime_options;
   try {
-    po::store(po::command_line_parser(argc, argv).options(all).run(), values);
+    const auto parsed = po::command_line_parser(argc, argv).options(all).run();
+    // A stray word ("--steps 5 oops") must not be ignored: the user meant something by it.
+    for (const auto& option : parsed.options) {
+      if (option.position_key >= 0) {
+        throw po::error("unexpected argument '" + option.value.front().substr(0, 80) + "' (" +
+                        info.name + " takes only options)");
+      }
+    }
+    po::store(parsed, values);
     po::notify(values);
     if (values.count("help")) {
       if (runtime.rank() == 0) {
