@@ -377,6 +377,41 @@ TEST(DistributedCheckpointErrors, IndexNumbersOutOfRangeNameTheKey) {
       "flat_range must be [begin, end] with begin <= end");
 }
 
+// A save replaces the checkpoint directory: it must never take the user's
+// files with it (an eval.txt, a tb/ folder), and a --checkpoint-dir that is a
+// symbolic link keeps pointing where it pointed.
+TEST(DistributedCheckpoint, UserFilesAreNeverDeletedAndLinksStay) {
+  SavedCheckpoint saved;
+  Trained trained(saved.config, saved.group, 1, 1);
+  saved.edit([&] {
+    std::ofstream(saved.path / "eval.txt") << "mine";
+    fs::create_directories(saved.path / "tb");
+  });
+  expect_error_on_every_rank(
+      [&] {
+        checkpoint::save_checkpoint(saved.path, trained.model->stages(), trained.optimizer.get(),
+                                    save_options(2));
+      },
+      {saved.path.string() + " holds files this runtime did not write (eval.txt, tb/)",
+       "replacing it would delete them"});
+  EXPECT_EQ(file_bytes(saved.path / "eval.txt"), "mine");
+  EXPECT_TRUE(fs::is_directory(saved.path / "tb"));
+  EXPECT_EQ(checkpoint::read_checkpoint_index(saved.path).step, 1) << "the old checkpoint is gone";
+
+  const auto real = saved.directory / "real-checkpoint";
+  const auto link = saved.directory / "link-to-checkpoint";
+  saved.edit([&] {
+    fs::create_directories(real);
+    fs::create_directory_symlink(real, link);
+  });
+  for (const std::int64_t step : {3, 4}) {  // a first save into the link, then a replacement
+    checkpoint::save_checkpoint(link, trained.model->stages(), trained.optimizer.get(),
+                                save_options(step));
+    EXPECT_TRUE(fs::is_symlink(link)) << "step " << step;
+    EXPECT_EQ(checkpoint::read_checkpoint_index(real).step, step);
+  }
+}
+
 TEST(DistributedCheckpointErrors, CorruptOrMissingIndex) {
   SavedCheckpoint saved;
   saved.edit([&] {

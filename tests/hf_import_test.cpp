@@ -487,6 +487,31 @@ TEST(HfExportErrors, NeverReplacesADirectoryThatIsNotACheckpoint) {
   EXPECT_EQ(file_bytes(precious / "notes.txt"), "keep me");
 }
 
+// Exporting over an earlier export replaces its tensors, and never deletes
+// what the export does not write again (a README, a notes file).
+TEST(HfExportErrors, UserFilesInTheTargetAreNeverDeleted) {
+  auto group = runtime().process_group();
+  SharedDirectory directory(*group, "hf_export_user_files");
+  const auto config = small_llama(4);
+  auto model = build_model(config, group);
+  model->initialize_weights(5);
+  const auto rules = models::llama_conversion_rules(config);
+  const auto target = directory / "export";
+  checkpoint::export_hf_checkpoint(target, rules, model->stages(), sharded_export());
+  // Again with another file size: other tensor files, all ours, all replaced.
+  checkpoint::export_hf_checkpoint(target, rules, model->stages());
+  EXPECT_TRUE(fs::exists(target / "model.safetensors"));
+  EXPECT_FALSE(fs::exists(target / "model.safetensors.index.json"));
+  if (group->rank() == 0) std::ofstream(target / "README.md") << "my notes";
+  group->barrier();
+  expect_error_on_every_rank(
+      [&] { checkpoint::export_hf_checkpoint(target, rules, model->stages()); },
+      {"holds files this runtime did not write (README.md)", "export to another directory"});
+  EXPECT_EQ(file_bytes(target / "README.md"), "my notes");
+  EXPECT_TRUE(fs::exists(target / "model.safetensors"));
+  EXPECT_FALSE(fs::exists(target.string() + ".partial")) << "the staging directory was left";
+}
+
 // A full disk on one writing rank (simulated by a file-size limit on the last
 // rank) fails the export with that rank's CheckpointError on every rank --
 // not a collective mismatch ending in a timeout -- and the previous export

@@ -64,6 +64,12 @@ fsdp_add_program_test(train_stray_argument EXIT 2
 fsdp_add_program_test(train_timeout_out_of_range EXIT 2
                       COMMAND ${FSDP_MPIRUN} -np 2 ${train} --collective-timeout 1e19
                       ONCE "--collective-timeout 1e\\+19 \\(expected a number of seconds from 0.001 to 1000000\\)")
+file(MAKE_DIRECTORY ${train_dir}/with_user_files)
+file(WRITE ${train_dir}/with_user_files/eval.txt "results of my own")
+fsdp_add_program_test(train_checkpoint_dir_with_user_files EXIT 2
+                      COMMAND ${FSDP_MPIRUN} -np 2 ${train} --checkpoint-dir ${train_dir}/with_user_files
+                      ONCE "with_user_files exists and is not a checkpoint \\(no index.json\\)"
+                      FORBID "step 1/")
 fsdp_add_program_test(train_stop_after_without_checkpoint EXIT 2
                       COMMAND ${FSDP_MPIRUN} -np 2 ${train} --stop-after 5 --no-checkpoint
                       ONCE "--stop-after saves a checkpoint to resume from")

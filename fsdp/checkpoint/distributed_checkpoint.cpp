@@ -429,26 +429,61 @@ std::string shard_tensor_name(const std::string& stage, ShardArray array) {
   return stage + "/" + std::string(shard_array_name(array));
 }
 
+bool is_rank_file_name(const std::string& name) {
+  // rank-RRRRR-of-WWWWW.safetensors
+  static const std::string kPrefix = "rank-", kMiddle = "-of-", kSuffix = ".safetensors";
+  const auto digits = [&](std::size_t at) {
+    return name.size() >= at + 5 && std::all_of(name.begin() + static_cast<std::ptrdiff_t>(at),
+                                                name.begin() + static_cast<std::ptrdiff_t>(at + 5),
+                                                [](char c) { return c >= '0' && c <= '9'; });
+  };
+  return name.size() == kPrefix.size() + 5 + kMiddle.size() + 5 + kSuffix.size() &&
+         name.compare(0, kPrefix.size(), kPrefix) == 0 && digits(kPrefix.size()) &&
+         name.compare(kPrefix.size() + 5, kMiddle.size(), kMiddle) == 0 &&
+         digits(kPrefix.size() + 5 + kMiddle.size()) &&
+         name.compare(name.size() - kSuffix.size(), kSuffix.size(), kSuffix) == 0;
+}
+
 std::string rank_file_name(int rank, int world_size) {
   char name[64];
   std::snprintf(name, sizeof name, "rank-%05d-of-%05d.safetensors", rank, world_size);
   return name;
 }
 
-void save_checkpoint(const fs::path& directory, const std::vector<Fsdp*>& stages,
+void check_save_directory(const fs::path& requested) {
+  const auto directory = resolve_directory_link(requested);
+  std::error_code error;
+  if (!fs::exists(directory, error)) return;
+  if (!fs::is_directory(directory, error)) {
+    throw CheckpointError(directory.string() + " exists and is not a directory");
+  }
+  if (!fs::exists(directory / kCheckpointIndexFileName, error) && !fs::is_empty(directory, error)) {
+    throw CheckpointError(directory.string() + " exists and is not a checkpoint (no " +
+                          kCheckpointIndexFileName + "); refusing to replace it");
+  }
+  std::vector<std::string> foreign;
+  for (const auto& entry : fs::directory_iterator(directory, error)) {
+    const std::string name = entry.path().filename().string();
+    if (name == kCheckpointIndexFileName || is_rank_file_name(name)) continue;
+    foreign.push_back(name + (entry.is_directory(error) ? "/" : ""));
+  }
+  std::sort(foreign.begin(), foreign.end());
+  refuse_to_lose(directory, foreign, "move them out, or save the checkpoint elsewhere");
+}
+
+void save_checkpoint(const fs::path& requested, const std::vector<Fsdp*>& stages,
                      const stages::ShardedAdamW* optimizer, const SaveOptions& options) {
   auto& group = common_group(stages);
   const int rank = group.rank(), world_size = group.size();
-  const auto staging = staging_path(directory);
+  // A link keeps pointing where it pointed: the directory it leads to is replaced.
+  fs::path directory = requested;
+  fs::path staging;
   // Rank 0 prepares the staging directory; nothing at `directory` is touched yet.
   run_agreeing_on_failure(group, [&] {
+    directory = resolve_directory_link(requested);
+    staging = staging_path(directory);
     if (rank != 0) return;
-    std::error_code error;
-    if (fs::exists(directory, error) && !fs::exists(directory / kCheckpointIndexFileName, error) &&
-        !(fs::is_directory(directory, error) && fs::is_empty(directory, error))) {
-      throw CheckpointError(directory.string() + " exists and is not a checkpoint (no " +
-                            kCheckpointIndexFileName + "); refusing to replace it");
-    }
+    check_save_directory(directory);
     if (!directory.parent_path().empty()) fs::create_directories(directory.parent_path());
     fs::remove_all(staging);
     fs::create_directory(staging);
@@ -497,6 +532,12 @@ void save_checkpoint(const fs::path& directory, const std::vector<Fsdp*>& stages
                         {key::kFiles, files}};
     write_index(staging / kCheckpointIndexFileName, index);
     sync_directory(staging);
+    try {
+      check_save_directory(directory);  // again: files may have appeared since the start
+    } catch (const CheckpointError&) {
+      fs::remove_all(staging);
+      throw;
+    }
     const auto old = replace_directory(staging, directory, previous_path(directory));
     sync_directory(directory.parent_path().empty() ? fs::path(".") : directory.parent_path());
     if (!old.empty()) fs::remove_all(old);

@@ -43,6 +43,8 @@ namespace fsdp::checkpoint {
 
 // "rank-00001-of-00004.safetensors"
 std::string rank_file_name(int rank, int world_size);
+// Whether `name` has that form (of any rank and world size).
+bool is_rank_file_name(const std::string& name);
 
 // The per-stage arrays a rank file holds, each a tensor "<stage>/<name>".
 enum class ShardArray {
@@ -66,11 +68,19 @@ struct SaveOptions {
   std::int64_t chunk_bytes = std::int64_t{64} << 20;
 };
 
+// Throws CheckpointError unless a checkpoint can be saved at `directory`
+// without losing anything: absent, an empty directory, or a checkpoint
+// holding nothing but index.json and rank files (a link is followed). For
+// checking before a long run; save_checkpoint checks the same.
+void check_save_directory(const std::filesystem::path& directory);
+
 // Writes a checkpoint of `stages` (and of `optimizer`'s state and step count,
 // when not null) to `directory`, atomically. Collective over the stages'
 // group; all ranks must see the same file system. On any rank's failure
-// every rank throws with its message, the staging directory is removed and
-// the previous checkpoint at `directory` is untouched.
+// every rank throws with its message, and the previous checkpoint at
+// `directory` is untouched. Files the runtime did not write in `directory`
+// (check_save_directory) fail the save rather than be deleted; a symbolic
+// link at `directory` is followed and left in place.
 void save_checkpoint(const std::filesystem::path& directory, const std::vector<Fsdp*>& stages,
                      const stages::ShardedAdamW* optimizer, const SaveOptions& options);
 

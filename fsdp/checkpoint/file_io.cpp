@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -135,6 +136,48 @@ std::filesystem::path file_inside(const std::filesystem::path& directory, const 
                           "; the files a checkpoint names must lie in its own directory");
   }
   return path;
+}
+
+std::filesystem::path resolve_directory_link(const std::filesystem::path& directory) {
+  std::error_code error;
+  if (!std::filesystem::is_symlink(directory, error)) return directory;
+  const auto target = std::filesystem::canonical(directory, error);
+  if (error) {
+    throw CheckpointError(directory.string() + " is a symbolic link that leads nowhere (" +
+                          error.message() + ")");
+  }
+  return target;
+}
+
+std::vector<std::string> entries_lost_by_replacing(const std::filesystem::path& current,
+                                                   const std::filesystem::path& replacement) {
+  std::vector<std::string> lost;
+  std::error_code error;
+  if (!std::filesystem::is_directory(current, error)) return lost;
+  for (const auto& entry : std::filesystem::directory_iterator(current, error)) {
+    const auto name = entry.path().filename();
+    if (std::filesystem::exists(std::filesystem::symlink_status(replacement / name, error))) {
+      continue;
+    }
+    lost.push_back(name.string() + (entry.is_directory(error) ? "/" : ""));
+  }
+  if (error) {
+    throw CheckpointError("cannot list " + current.string() + ": " + error.message());
+  }
+  std::sort(lost.begin(), lost.end());
+  return lost;
+}
+
+void refuse_to_lose(const std::filesystem::path& directory, const std::vector<std::string>& lost,
+                    const std::string& advice) {
+  if (lost.empty()) return;
+  std::string names;
+  for (std::size_t i = 0; i < std::min<std::size_t>(lost.size(), 8); ++i) {
+    names += (i ? ", " : "") + lost[i];
+  }
+  if (lost.size() > 8) names += ", and " + std::to_string(lost.size() - 8) + " more";
+  throw CheckpointError(directory.string() + " holds files this runtime did not write (" + names +
+                        "); replacing it would delete them: " + advice);
 }
 
 void sync_directory(const std::filesystem::path& directory) {

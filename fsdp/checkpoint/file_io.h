@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 namespace fsdp::checkpoint {
 
@@ -61,6 +62,23 @@ void sync_directory(const std::filesystem::path& directory);
 // entry (cut to 80 characters) otherwise. The file need not exist.
 std::filesystem::path file_inside(const std::filesystem::path& directory, const std::string& name,
                                   const std::string& context, bool hf_cache_layout = false);
+
+// `directory`, or the directory it leads to when it is a symbolic link: a
+// save replaces a directory, and must replace the one the link points at,
+// leaving the link as it was. Throws CheckpointError for a dangling link.
+std::filesystem::path resolve_directory_link(const std::filesystem::path& directory);
+
+// The entries of `current` that `replacement` lacks (subdirectories with a
+// trailing "/"), sorted: what replacing `current` with `replacement` would
+// delete. Empty when `current` does not exist.
+std::vector<std::string> entries_lost_by_replacing(const std::filesystem::path& current,
+                                                   const std::filesystem::path& replacement);
+
+// Throws CheckpointError when `lost` is not empty: "`directory` holds files
+// this runtime did not write (a.txt, tb/, ...); replacing it would delete
+// them" and `advice`. The runtime never deletes what it did not create.
+void refuse_to_lose(const std::filesystem::path& directory, const std::vector<std::string>& lost,
+                    const std::string& advice);
 
 // Puts `staged` in place of `target` atomically. When `target` exists, the two
 // are exchanged (renameat2 RENAME_EXCHANGE) and the old content is left at

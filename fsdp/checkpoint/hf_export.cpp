@@ -115,16 +115,31 @@ at::Tensor gather_tensor(const OutputTensor& tensor, const std::vector<Fsdp*>& s
 
 }  // namespace
 
-void export_hf_checkpoint(const fs::path& directory, const ConversionRules& rules,
+void check_export_directory(const fs::path& requested) {
+  const auto directory = resolve_directory_link(requested);
+  std::error_code error;
+  if (fs::exists(directory, error) && !fs::exists(directory / kHfSingleFileName, error) &&
+      !fs::exists(directory / kHfIndexFileName, error) &&
+      !(fs::is_directory(directory, error) && fs::is_empty(directory, error))) {
+    throw CheckpointError(directory.string() +
+                          " exists and is not a HuggingFace checkpoint; refusing to replace it");
+  }
+}
+
+void export_hf_checkpoint(const fs::path& requested, const ConversionRules& rules,
                           const std::vector<Fsdp*>& stages, const ExportOptions& options) {
   auto& group = common_group(stages);
-  const auto staging = fs::path(directory.string() + ".partial");
+  // A link keeps pointing where it pointed: the directory it leads to is replaced.
+  fs::path directory = requested;
+  fs::path staging;
   std::vector<const FlatLayout*> layouts;
   for (const auto* stage : stages) layouts.push_back(&stage->layout());
   std::vector<ConversionPiece> pieces;
   std::vector<OutputTensor> tensors;
   std::vector<OutputFile> files;
   run_agreeing_on_failure(group, [&] {
+    directory = resolve_directory_link(requested);
+    staging = fs::path(directory.string() + ".partial");
     pieces = plan_export(layouts, rules);
     for (const auto& piece : pieces) {
       std::size_t stage_index = 0;
@@ -140,13 +155,7 @@ void export_hf_checkpoint(const fs::path& directory, const ConversionRules& rule
     }
     files = split_into_files(tensors, options.max_file_bytes);
     if (group.rank() != 0) return;
-    std::error_code error;
-    if (fs::exists(directory, error) && !fs::exists(directory / kHfSingleFileName, error) &&
-        !fs::exists(directory / kHfIndexFileName, error) &&
-        !(fs::is_directory(directory, error) && fs::is_empty(directory, error))) {
-      throw CheckpointError(directory.string() +
-                            " exists and is not a HuggingFace checkpoint; refusing to replace it");
-    }
+    check_export_directory(directory);
     if (!directory.parent_path().empty()) fs::create_directories(directory.parent_path());
     fs::remove_all(staging);
     fs::create_directory(staging);
@@ -187,6 +196,20 @@ void export_hf_checkpoint(const fs::path& directory, const ConversionRules& rule
   run_agreeing_on_failure(group, [&] {
     if (group.rank() != 0) return;
     if (options.write_companions) options.write_companions(staging);
+    // Replacing the directory must not delete what we did not write (a
+    // README, a training log): tensor files and the index of an earlier
+    // export are ours, anything else must be in the new export too.
+    std::vector<std::string> lost;
+    for (const auto& name : entries_lost_by_replacing(directory, staging)) {
+      const bool ours =
+          name == kHfIndexFileName ||
+          (name.size() > 12 && name.compare(name.size() - 12, 12, ".safetensors") == 0);
+      if (!ours) lost.push_back(name);
+    }
+    if (!lost.empty()) {
+      fs::remove_all(staging);
+      refuse_to_lose(directory, lost, "move them out, or export to another directory");
+    }
     if (files.size() > 1) {
       nlohmann::json weight_map = nlohmann::json::object();
       std::int64_t total = 0;

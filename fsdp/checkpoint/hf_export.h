@@ -37,11 +37,18 @@ struct ExportOptions {
   std::function<void(const std::filesystem::path& staging)> write_companions;
 };
 
+// Throws CheckpointError when `directory` exists and is neither empty nor an
+// HF checkpoint (export refuses to replace it). For checking before a long run.
+void check_export_directory(const std::filesystem::path& directory);
+
 // Collective over the stages' group. Throws a CheckpointError on every rank,
 // with the failing rank's message, when a parameter has no rule, a file
-// cannot be written (a full disk on any writing rank included), or
-// `directory` exists and is not an HF checkpoint; `directory` is then left as
-// it was.
+// cannot be written (a full disk on any writing rank included),
+// `directory` exists and is not an HF checkpoint, or it holds files the
+// export would not write again (anything but *.safetensors and the index
+// that is not among the new files and companions: never deleted); `directory`
+// is then left as it was. A symbolic link at `directory` is followed and
+// left in place.
 void export_hf_checkpoint(const std::filesystem::path& directory, const ConversionRules& rules,
                           const std::vector<Fsdp*>& stages, const ExportOptions& options = {});
 

@@ -405,6 +405,9 @@ void preflight_training(const TrainOptions& options) {
       throw data::DataError(what.rfind("--", 0) == 0 ? what : "--" + option + ": " + what);
     }
   }
+  // Where the run will write, checked now rather than after hours of training.
+  if (!options.checkpoint_dir.empty()) checkpoint::check_save_directory(options.checkpoint_dir);
+  if (!options.export_hf.empty()) checkpoint::check_export_directory(options.export_hf);
   if (!options.init_from_hf.empty() && !fs::exists(options.init_from_hf)) {
     throw std::runtime_error("--init-from-hf " + options.init_from_hf +
                              ": no such file or directory");

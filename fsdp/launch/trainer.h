@@ -21,7 +21,9 @@ namespace fsdp::launch {
 // the options and the file system alone: --resume finds a checkpoint whose
 // model matches, --init-from-hf exists, every --inspect name is a parameter
 // of the model, every token of --data and --eval-data is inside the model's
-// vocabulary and --eval-data holds a whole window. Throws std::runtime_error with the reason.
+// vocabulary and --eval-data holds a whole window, and --checkpoint-dir and
+// --export-hf can be written without deleting anything the runtime did not write. Throws
+// std::runtime_error with the reason.
 void preflight_training(const TrainOptions& options);
 
 // Runs the whole training job. Returns the process exit status (0).
