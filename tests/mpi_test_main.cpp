@@ -5,7 +5,8 @@
 // the failure counts are summed over ranks, so a failure on any rank fails the
 // job on every rank. A rank stuck in a collective because a peer failed an
 // assertion and moved on is freed by the collective timeout
-// (--collective-timeout, set short by ctest).
+// (--collective-timeout, set short by ctest). --backend mpi|auto|nccl: the
+// collectives (MPI by default).
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -49,11 +50,19 @@ int main(int argc, char** argv) {
   fsdp::launch::Runtime runtime(&argc, &argv);
   fsdp::testing::the_runtime = &runtime;
 
+  // The backend is explicit: MPI unless a test asks for another (GPU tests
+  // ask for auto), so that the CPU suite runs on MPI on a GPU machine too.
   fsdp::launch::RuntimeOptions options;
+  options.backend = fsdp::launch::BackendChoice::kMpi;
   for (int i = 1; i + 1 < argc; ++i) {
     if (std::strcmp(argv[i], "--collective-timeout") == 0) {
       options.collective_timeout =
           std::chrono::milliseconds(static_cast<long long>(std::atof(argv[i + 1]) * 1000));
+    } else if (std::strcmp(argv[i], "--backend") == 0) {
+      const std::string backend = argv[i + 1];
+      options.backend = backend == "auto"   ? fsdp::launch::BackendChoice::kAuto
+                        : backend == "nccl" ? fsdp::launch::BackendChoice::kNccl
+                                            : fsdp::launch::BackendChoice::kMpi;
     }
   }
   try {

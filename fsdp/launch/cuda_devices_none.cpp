@@ -7,6 +7,11 @@ namespace fsdp::launch {
 
 int cuda_device_count() { return 0; }
 
+std::string cuda_device_uuid(int device) {
+  throw std::runtime_error("no CUDA device " + std::to_string(device) +
+                           ": this build of fsdp-runtime has no CUDA support");
+}
+
 void bind_cuda_device(int device) {
   throw std::runtime_error("cannot bind CUDA device " + std::to_string(device) +
                            ": this build of fsdp-runtime has no CUDA support");

@@ -1,16 +1,22 @@
 #include "fsdp/launch/runtime.h"
 
+#include <ATen/Context.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "fsdp/communication_checks.h"
 #include "fsdp/launch/cuda_devices.h"
 
 #if FSDP_WITH_NCCL
 #include "fsdp/nccl_process_group.h"
+#else
+#define FSDP_WITH_NCCL 0
 #endif
 
 namespace fsdp::launch {
@@ -45,38 +51,52 @@ Runtime::~Runtime() {
   if (!finalized) MPI_Finalize();
 }
 
+namespace {
+
+// Every local rank's string, in local-rank order (MPI_Allgather on the node's
+// ranks, in fixed-size slots).
+std::vector<std::string> gather_on_node(MPI_Comm world, int rank, const std::string& mine) {
+  constexpr int kSlot = 64;
+  MPI_Comm node = MPI_COMM_NULL;
+  FSDP_MPI_CHECK(MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node));
+  int size = 0;
+  FSDP_MPI_CHECK(MPI_Comm_size(node, &size));
+  std::string slot = mine.substr(0, kSlot - 1);
+  slot.resize(kSlot, '\0');
+  std::vector<char> all(static_cast<std::size_t>(kSlot) * static_cast<std::size_t>(size));
+  FSDP_MPI_CHECK(MPI_Allgather(slot.data(), kSlot, MPI_CHAR, all.data(), kSlot, MPI_CHAR, node));
+  FSDP_MPI_CHECK(MPI_Comm_free(&node));
+  std::vector<std::string> strings;
+  for (int r = 0; r < size; ++r) strings.emplace_back(all.data() + r * kSlot);
+  return strings;
+}
+
+}  // namespace
+
 void Runtime::connect(const RuntimeOptions& options) {
   if (host_group_) throw std::logic_error("Runtime::connect called twice");
   host_group_ = std::make_shared<MpiProcessGroup>(MPI_COMM_WORLD, options.collective_timeout);
+  // --backend mpi touches no CUDA at all: no device query, no context.
+  if (options.backend == BackendChoice::kMpi) return;
 
+  // Every rank learns the facts (a driver too old throws here, on that rank).
   const int device_count = cuda_device_count();
-  if (device_count > 0) {
-    cuda_device_ = local_rank_ % device_count;
-    bind_cuda_device(cuda_device_);
-  }
-  // NCCL needs a GPU of its own for every rank ("Duplicate GPU detected" otherwise).
-  int own_gpu = device_count >= local_world_size_ ? 1 : 0;
-  int everyone_has_gpu = 0;
+  const int device = chosen_device(local_rank_, device_count);
+  const std::string uuid = device >= 0 ? cuda_device_uuid(device) : std::string();
+  const auto owners = owns_chosen_device(gather_on_node(MPI_COMM_WORLD, rank_, uuid));
+  int owns = owners.at(static_cast<std::size_t>(local_rank_)) ? 1 : 0;
+  int everyone_owns = 0;
   FSDP_MPI_CHECK(
-      MPI_Allreduce(&own_gpu, &everyone_has_gpu, 1, MPI_INT, MPI_MIN, host_group_->communicator()));
-
-  const bool want_nccl = options.backend == BackendChoice::kNccl ||
-                         (options.backend == BackendChoice::kAuto && everyone_has_gpu);
-  if (!want_nccl) return;
+      MPI_Allreduce(&owns, &everyone_owns, 1, MPI_INT, MPI_MIN, host_group_->communicator()));
+  BackendFacts facts;
+  facts.torch_has_cuda = at::hasCUDA();
+  facts.built_with_nccl = FSDP_WITH_NCCL != 0;
+  facts.every_rank_owns_a_gpu = everyone_owns != 0;
+  if (resolve_backend(options.backend, facts) != Backend::kNccl) return;
 #if FSDP_WITH_NCCL
-  if (!everyone_has_gpu) {
-    throw std::runtime_error("backend nccl needs a GPU of its own for every rank, but rank " +
-                             std::to_string(rank_) + " on " + host_name_ + " sees " +
-                             std::to_string(device_count) + " GPU(s) for " +
-                             std::to_string(local_world_size_) +
-                             " rank(s) on its host (or another rank lacks one); "
-                             "use --backend mpi, or start one rank per GPU");
-  }
+  cuda_device_ = device;
+  bind_cuda_device(cuda_device_);
   device_group_ = NcclProcessGroup::create(*host_group_, cuda_device_);
-#else
-  throw std::runtime_error(
-      "backend nccl was requested, but this build of fsdp-runtime has no NCCL (no CUDA toolkit "
-      "was found at configure time); use --backend mpi");
 #endif
 }
 

@@ -13,16 +13,11 @@
 #include <string>
 #include <string_view>
 
+#include "fsdp/launch/backend_choice.h"
 #include "fsdp/mpi_process_group.h"
 #include "fsdp/process_group.h"
 
 namespace fsdp::launch {
-
-enum class BackendChoice {
-  kAuto,  // NCCL when every rank has a GPU of its own, MPI otherwise
-  kMpi,
-  kNccl,  // an error when some rank has no GPU of its own
-};
 
 struct RuntimeOptions {
   BackendChoice backend = BackendChoice::kAuto;
@@ -41,10 +36,12 @@ class Runtime {
   Runtime(const Runtime&) = delete;
   Runtime& operator=(const Runtime&) = delete;
 
-  // Binds this rank to CUDA device local_rank % device_count when GPUs exist,
-  // and creates the process groups: always an MPI group (host collectives,
-  // NCCL bootstrap), plus an NCCL group when the backend resolves to NCCL.
-  // Collective. Throws std::runtime_error when NCCL is requested but impossible.
+  // Creates the process groups: always an MPI group (host collectives, NCCL
+  // bootstrap), plus an NCCL group when the backend resolves to NCCL
+  // (backend_choice.h), for which this rank binds CUDA device local_rank %
+  // visible devices. Under BackendChoice::kMpi no CUDA call is made.
+  // Collective. Throws ConfigurationError when NCCL is requested but
+  // impossible, or the NVIDIA driver is too old.
   void connect(const RuntimeOptions& options);
 
   int rank() const { return rank_; }
