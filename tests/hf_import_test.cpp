@@ -509,6 +509,7 @@ TEST(HfExportErrors, UserFilesInTheTargetAreNeverDeleted) {
       {"holds files this runtime did not write (README.md)", "export to another directory"});
   EXPECT_EQ(file_bytes(target / "README.md"), "my notes");
   EXPECT_TRUE(fs::exists(target / "model.safetensors"));
+  group->barrier();  // rank 0 removes the staging directory as it leaves the export
   EXPECT_FALSE(fs::exists(target.string() + ".partial")) << "the staging directory was left";
 }
 
@@ -555,6 +556,8 @@ TEST(HfExportErrors, AFullDiskOnOneWritingRankIsAgreedAndLosesNothing) {
   }
   group->set_timeout(timeout);
   setrlimit(RLIMIT_FSIZE, &original);
+  group->barrier();  // rank 0 removes the staging directory as it leaves the export
+  EXPECT_FALSE(fs::exists(target.string() + ".partial")) << "the failed export left its staging";
   std::signal(SIGXFSZ, previous_handler);
   const auto after = read_hf_tensors(target);
   ASSERT_EQ(after.size(), before.size());

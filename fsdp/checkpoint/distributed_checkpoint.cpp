@@ -478,6 +478,7 @@ void save_checkpoint(const fs::path& requested, const std::vector<Fsdp*>& stages
   // A link keeps pointing where it pointed: the directory it leads to is replaced.
   fs::path directory = requested;
   fs::path staging;
+  StagingCleanup cleanup(rank == 0);  // no DIR.partial left behind by a failed save
   // Rank 0 prepares the staging directory; nothing at `directory` is touched yet.
   run_agreeing_on_failure(group, [&] {
     directory = resolve_directory_link(requested);
@@ -487,6 +488,7 @@ void save_checkpoint(const fs::path& requested, const std::vector<Fsdp*>& stages
     if (!directory.parent_path().empty()) fs::create_directories(directory.parent_path());
     fs::remove_all(staging);
     fs::create_directory(staging);
+    cleanup.watch(staging);
   });
   std::vector<std::int64_t> my_record;  // [bytes, checksum...]
   run_agreeing_on_failure(group, [&] {
@@ -532,16 +534,12 @@ void save_checkpoint(const fs::path& requested, const std::vector<Fsdp*>& stages
                         {key::kFiles, files}};
     write_index(staging / kCheckpointIndexFileName, index);
     sync_directory(staging);
-    try {
-      check_save_directory(directory);  // again: files may have appeared since the start
-    } catch (const CheckpointError&) {
-      fs::remove_all(staging);
-      throw;
-    }
+    check_save_directory(directory);  // again: files may have appeared since the start
     const auto old = replace_directory(staging, directory, previous_path(directory));
     sync_directory(directory.parent_path().empty() ? fs::path(".") : directory.parent_path());
     if (!old.empty()) fs::remove_all(old);
   });
+  cleanup.commit();
 }
 
 CheckpointIndex read_checkpoint_index(const fs::path& directory) {

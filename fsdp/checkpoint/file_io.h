@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace fsdp::checkpoint {
@@ -79,6 +80,27 @@ std::vector<std::string> entries_lost_by_replacing(const std::filesystem::path& 
 // them" and `advice`. The runtime never deletes what it did not create.
 void refuse_to_lose(const std::filesystem::path& directory, const std::vector<std::string>& lost,
                     const std::string& advice);
+
+// Removes a staging directory when a save or export fails (a failure after
+// the ranks agreed on it: nobody is writing any more), unless commit() was
+// called. Only the rank that created the directory owns the removal.
+class StagingCleanup {
+ public:
+  explicit StagingCleanup(bool owner) : owner_(owner) {}
+  StagingCleanup(const StagingCleanup&) = delete;
+  StagingCleanup& operator=(const StagingCleanup&) = delete;
+  ~StagingCleanup() {
+    std::error_code ignored;  // best effort: the save's own error is what matters
+    if (owner_ && !committed_ && !path_.empty()) std::filesystem::remove_all(path_, ignored);
+  }
+  void watch(std::filesystem::path staging) { path_ = std::move(staging); }
+  void commit() { committed_ = true; }
+
+ private:
+  bool owner_;
+  bool committed_ = false;
+  std::filesystem::path path_;
+};
 
 // Puts `staged` in place of `target` atomically. When `target` exists, the two
 // are exchanged (renameat2 RENAME_EXCHANGE) and the old content is left at

@@ -137,6 +137,7 @@ void export_hf_checkpoint(const fs::path& requested, const ConversionRules& rule
   std::vector<ConversionPiece> pieces;
   std::vector<OutputTensor> tensors;
   std::vector<OutputFile> files;
+  StagingCleanup cleanup(group.rank() == 0);  // no DIR.partial left behind by a failed export
   run_agreeing_on_failure(group, [&] {
     directory = resolve_directory_link(requested);
     staging = fs::path(directory.string() + ".partial");
@@ -159,6 +160,7 @@ void export_hf_checkpoint(const fs::path& requested, const ConversionRules& rule
     if (!directory.parent_path().empty()) fs::create_directories(directory.parent_path());
     fs::remove_all(staging);
     fs::create_directory(staging);
+    cleanup.watch(staging);
   });
   // Every rank takes part in every tensor's broadcasts; file f's rank writes
   // it. A write that fails (a full disk) stops this rank's writing, not its
@@ -206,10 +208,7 @@ void export_hf_checkpoint(const fs::path& requested, const ConversionRules& rule
           (name.size() > 12 && name.compare(name.size() - 12, 12, ".safetensors") == 0);
       if (!ours) lost.push_back(name);
     }
-    if (!lost.empty()) {
-      fs::remove_all(staging);
-      refuse_to_lose(directory, lost, "move them out, or export to another directory");
-    }
+    refuse_to_lose(directory, lost, "move them out, or export to another directory");
     if (files.size() > 1) {
       nlohmann::json weight_map = nlohmann::json::object();
       std::int64_t total = 0;
@@ -234,6 +233,7 @@ void export_hf_checkpoint(const fs::path& requested, const ConversionRules& rule
     sync_directory(directory.parent_path().empty() ? fs::path(".") : directory.parent_path());
     if (!old.empty()) fs::remove_all(old);
   });
+  cleanup.commit();
 }
 
 }  // namespace fsdp::checkpoint
