@@ -43,11 +43,12 @@ TEST(AdoptedModule, TrainsLikeTheSameModulesUnsharded) {
   MultiStageModel model(std::move(layers), group, options);
   model.initialize_weights(0);
   // The values moved in: the inspector reads them from the shards.
-  EXPECT_TRUE(read_parameter(model.stage(0), "in.weight").equal(first_weight));
-  EXPECT_TRUE(read_parameter(model.stage(1), "out.bias").equal(reference[1]->bias.detach()));
+  EXPECT_TRUE(read_parameter(model.schedule_stage(0), "in.weight").equal(first_weight));
+  EXPECT_TRUE(
+      read_parameter(model.schedule_stage(1), "out.bias").equal(reference[1]->bias.detach()));
   // The values were freed; a second call says so and leaves the shards alone.
   EXPECT_THROW(model.initialize_weights(0), std::logic_error);
-  EXPECT_TRUE(read_parameter(model.stage(0), "in.weight").equal(first_weight));
+  EXPECT_TRUE(read_parameter(model.schedule_stage(0), "in.weight").equal(first_weight));
 
   ShardedAdamWOptions adam;
   adam.weight_decay = 0.0;
@@ -70,11 +71,12 @@ TEST(AdoptedModule, TrainsLikeTheSameModulesUnsharded) {
     reference_optimizer.step();
     EXPECT_NEAR(loss, reference_loss.item<double>(), 1e-6) << "step " << step;
   }
-  EXPECT_TRUE(
-      read_parameter(model.stage(0), "in.weight").allclose(reference[0]->weight, 1e-5, 1e-6));
+  EXPECT_TRUE(read_parameter(model.schedule_stage(0), "in.weight")
+                  .allclose(reference[0]->weight, 1e-5, 1e-6));
   // The module itself now computes on the stage's buffer.
-  model.stage(0).restore_parameters();
-  EXPECT_EQ(originals[0]->weight.data_ptr(), model.stage(0).parameter("in.weight").data_ptr());
+  model.schedule_stage(0).restore_parameters();
+  EXPECT_EQ(originals[0]->weight.data_ptr(),
+            model.schedule_stage(0).parameter("in.weight").data_ptr());
 }
 
 TEST(AdoptedModule, RefusesParametersItCannotMove) {

@@ -44,7 +44,7 @@ TEST(ModelMemory, ZeroThreeWithTwoSharedBuffersHoldsShardsPlusTwoStageBuffers) {
 
   const std::vector<FlatLayout> layouts =
       stage_layouts(config, group->size(), static_cast<int>(options.fsdp.alignment));
-  ASSERT_EQ(layouts.size(), model.stage_count());
+  ASSERT_EQ(layouts.size(), model.schedule_stage_count());
   std::int64_t shard_elements = 0;
   std::int64_t model_elements = 0;
   std::int64_t largest[2] = {0, 0};  // per shared buffer: its largest stage
@@ -168,7 +168,7 @@ TEST(ModelOptions, AStageWithoutParametersRuns) {
   options.zero_stage = 3;
   options.prefetch = true;
   MultiStageModel model(std::move(layers), testing::runtime().process_group(), options);
-  EXPECT_FALSE(model.stage_has_parameters(0));
+  EXPECT_FALSE(model.schedule_stage_has_parameters(0));
   EXPECT_TRUE(model.forward(at::ones({3})).equal(at::full({3}, 2.0)));
 }
 
@@ -181,7 +181,7 @@ TEST(ModelOptions, ReadingAReleasedStageNamesStageAndParameter) {
   model.initialize_weights(1);
   model.forward(at::randint(48, {1, 8}));
   try {
-    model.stage(1).parameter("decoder.0.attention.qkv.weight");
+    model.schedule_stage(1).parameter("decoder.0.attention.qkv.weight");
     ADD_FAILURE() << "a released stage's parameter was readable";
   } catch (const NotRestoredError& error) {
     const std::string message = error.what();

@@ -177,10 +177,10 @@ void MultiStageModel::build_stages(const std::shared_ptr<ProcessGroup>& group) {
   }
 }
 
-Fsdp& MultiStageModel::stage(std::size_t index) {
+Fsdp& MultiStageModel::schedule_stage(std::size_t index) {
   Stage& stage = stages_.at(index);
   if (!stage.fsdp) {
-    throw std::out_of_range("stage " + std::to_string(index) +
+    throw std::out_of_range("schedule stage " + std::to_string(index) +
                             " has no parameters of its own (they are all tied)");
   }
   return *stage.fsdp;

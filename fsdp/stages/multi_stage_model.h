@@ -99,10 +99,17 @@ class MultiStageModel {
   MultiStageModel(std::vector<std::unique_ptr<Layer>> layers, std::shared_ptr<ProcessGroup> group,
                   MultiStageOptions options);
 
-  // Stages in schedule order; a stage whose parameters are all tied has no Fsdp.
-  std::size_t stage_count() const { return stages_.size(); }
-  Fsdp& stage(std::size_t index);
-  bool stage_has_parameters(std::size_t index) const { return stages_.at(index).fsdp != nullptr; }
+  // Two index spaces, named apart:
+  //  - schedule stages, in forward order: every group of layers_per_stage
+  //    layers, including a group whose parameters are all tied (it has no
+  //    Fsdp of its own: schedule_stage() throws for it);
+  //  - stages(): every Fsdp, the tied stage last and parameter-free groups
+  //    skipped -- the list that optimizers, checkpoints and the inspector take.
+  std::size_t schedule_stage_count() const { return stages_.size(); }
+  Fsdp& schedule_stage(std::size_t index);
+  bool schedule_stage_has_parameters(std::size_t index) const {
+    return stages_.at(index).fsdp != nullptr;
+  }
   // The stage holding the tied parameters, or null.
   Fsdp* tied_stage() { return tied_.get(); }
   // Every Fsdp (tied stage last): what the optimizer and the inspector work on.
