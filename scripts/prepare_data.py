@@ -152,8 +152,7 @@ class TokenWriter:
                   "fortran_order": False, "shape": (self.tokens,)}
         partial = self.path + ".partial"
         with open(partial, "wb") as out:
-            npy.write_array_header_2_0(out, header) if self.tokens >= 2**31 else \
-                npy.write_array_header_1_0(out, header)
+            npy.write_array_header_1_0(out, header)  # holds any 1-D shape
             while True:
                 block = self.raw.read(1 << 24)
                 if not block:
