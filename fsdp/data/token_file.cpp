@@ -28,8 +28,6 @@ constexpr std::int64_t kMaxNumpyHeader = 10000;
 // bytes, dropping each from the resident set once checked.
 constexpr std::int64_t kScanChunkBytes = std::int64_t{4} << 20;
 
-std::string quoted(const fs::path& path) { return path.string(); }
-
 // A value from a file, cut short: errors never echo more of a file than this.
 std::string excerpt(const std::string& text) {
   constexpr std::size_t kMax = 40;
@@ -101,7 +99,7 @@ struct NumpyHeader {
 NumpyHeader parse_numpy_header(const fs::path& path, const unsigned char* bytes,
                                std::int64_t size) {
   const auto fail = [&](const std::string& what) -> DataError {
-    return DataError(quoted(path) + ": not a token file NumPy wrote: " + what);
+    return DataError(path.string() + ": not a token file NumPy wrote: " + what);
   };
   static const unsigned char kMagic[] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
   if (size < 10 || std::memcmp(bytes, kMagic, sizeof kMagic) != 0) {
@@ -147,11 +145,11 @@ NumpyHeader parse_numpy_header(const fs::path& path, const unsigned char* bytes,
   } else if (descr == "<i8") {
     result.dtype = TokenDtype::kInt64;
   } else if (!descr.empty() && descr[0] == '>') {
-    throw DataError(quoted(path) + ": dtype " + excerpt(descr) +
+    throw DataError(path.string() + ": dtype " + excerpt(descr) +
                     " is big-endian; token files are little-endian (write it with "
                     "array.astype(array.dtype.newbyteorder('<')))");
   } else {
-    throw DataError(quoted(path) + ": dtype " + excerpt(descr) +
+    throw DataError(path.string() + ": dtype " + excerpt(descr) +
                     " is not a token dtype (expected uint16 '<u2', uint32 '<u4', int32 '<i4' or "
                     "int64 '<i8')");
   }
@@ -171,7 +169,7 @@ NumpyHeader parse_numpy_header(const fs::path& path, const unsigned char* bytes,
                       std::all_of(dimensions[0].begin(), dimensions[0].end(),
                                   [](char c) { return c >= '0' && c <= '9'; });
   if (!digits) {
-    throw DataError(quoted(path) + ": shape " + excerpt("(" + shape + ")") +
+    throw DataError(path.string() + ": shape " + excerpt("(" + shape + ")") +
                     " is not 1-D; token files hold one flat array of token ids");
   }
   result.tokens = std::stoll(dimensions[0]);
@@ -228,24 +226,24 @@ struct TokenFile::Mapping {
 
 TokenFile TokenFile::open(const fs::path& path, std::optional<TokenDtype> raw_dtype) {
   if (!host_is_little_endian()) {
-    throw DataError(quoted(path) + ": token files are little-endian and this host is not");
+    throw DataError(path.string() + ": token files are little-endian and this host is not");
   }
   TokenFile file;
   file.path_ = path;
   file.numpy_ = path.extension() == ".npy";
   if (!file.numpy_ && !raw_dtype) {
-    throw DataError(quoted(path) +
+    throw DataError(path.string() +
                     ": a raw token file needs its dtype (--data-dtype uint16, uint32, int32 or "
                     "int64); NumPy files (.npy) say theirs");
   }
   const int descriptor = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (descriptor < 0) {
-    throw DataError(quoted(path) + ": cannot open: " + std::strerror(errno));
+    throw DataError(path.string() + ": cannot open: " + std::strerror(errno));
   }
   struct stat status {};
   if (fstat(descriptor, &status) != 0 || !S_ISREG(status.st_mode)) {
     ::close(descriptor);
-    throw DataError(quoted(path) + ": not a regular file");
+    throw DataError(path.string() + ": not a regular file");
   }
   const auto size = static_cast<std::int64_t>(status.st_size);
   if (size > 0) {
@@ -254,14 +252,14 @@ TokenFile TokenFile::open(const fs::path& path, std::optional<TokenDtype> raw_dt
     const int error = errno;
     ::close(descriptor);
     if (base == MAP_FAILED) {
-      throw DataError(quoted(path) + ": cannot map it: " + std::strerror(error));
+      throw DataError(path.string() + ": cannot map it: " + std::strerror(error));
     }
     file.mapping_ = std::make_shared<const Mapping>(base, static_cast<std::size_t>(size));
   } else {
     ::close(descriptor);
   }
   if (file.numpy_) {
-    if (size == 0) throw DataError(quoted(path) + ": an empty file, not a NumPy array");
+    if (size == 0) throw DataError(path.string() + ": an empty file, not a NumPy array");
     const auto header = parse_numpy_header(path, file.mapping_->bytes(), size);
     file.dtype_ = header.dtype;
     file.data_offset_ = header.data_offset;
@@ -269,7 +267,7 @@ TokenFile TokenFile::open(const fs::path& path, std::optional<TokenDtype> raw_dt
     const std::int64_t data_bytes = size - header.data_offset;
     if (header.tokens > std::numeric_limits<std::int64_t>::max() / item ||
         header.tokens * item != data_bytes) {
-      throw DataError(quoted(path) + ": its header says " + std::to_string(header.tokens) + " " +
+      throw DataError(path.string() + ": its header says " + std::to_string(header.tokens) + " " +
                       token_dtype_name(header.dtype) + " tokens, but " +
                       std::to_string(data_bytes) + " bytes follow the header" +
                       (header.tokens * item > data_bytes ? " (a truncated file?)" : ""));
@@ -279,7 +277,7 @@ TokenFile TokenFile::open(const fs::path& path, std::optional<TokenDtype> raw_dt
     file.dtype_ = *raw_dtype;
     const auto item = static_cast<std::int64_t>(token_dtype_size(*raw_dtype));
     if (size % item != 0) {
-      throw DataError(quoted(path) + ": " + std::to_string(size) +
+      throw DataError(path.string() + ": " + std::to_string(size) +
                       " bytes are not a whole number of " + token_dtype_name(*raw_dtype) +
                       " tokens (" + std::to_string(item) + " bytes each; is --data-dtype right?)");
     }
@@ -290,7 +288,7 @@ TokenFile TokenFile::open(const fs::path& path, std::optional<TokenDtype> raw_dt
 
 void TokenFile::read(std::int64_t first, std::int64_t count, std::int64_t* out) const {
   if (first < 0 || count < 0 || first + count > tokens_) {
-    throw std::out_of_range(quoted(path_) + ": tokens [" + std::to_string(first) + ", " +
+    throw std::out_of_range(path_.string() + ": tokens [" + std::to_string(first) + ", " +
                             std::to_string(first + count) + ") of " + std::to_string(tokens_));
   }
   if (count == 0) return;
