@@ -15,6 +15,7 @@
 #include "checkpoint_test_support.h"
 #include "fsdp/checkpoint/checkpoint_error.h"
 #include "fsdp/checkpoint/distributed_checkpoint.h"
+#include "fsdp/checkpoint/hf_checkpoint.h"
 #include "fsdp/mpi_process_group.h"
 #include "fsdp/stages/sharded_adamw.h"
 #include "mpi_test_environment.h"
@@ -420,6 +421,10 @@ TEST(DistributedCheckpointErrors, CorruptOrMissingIndex) {
   saved.expect_load_error(saved.config, {"index.json", "not valid JSON"});
   saved.edit([&] { fs::remove(saved.path / "index.json"); });
   saved.expect_load_error(saved.config, {"index.json", "cannot open"});
+  // Read as an HF directory (shard-inspect DIR), its rank files are named for what they are.
+  expect_error_on_every_rank(
+      [&] { checkpoint::HfCheckpoint checkpoint(saved.path); },
+      {"holds the rank files of a distributed checkpoint but no index.json"});
   saved.path = saved.directory / "never_saved";
   saved.expect_load_error(saved.config, {"never_saved", "no such checkpoint directory"});
 }

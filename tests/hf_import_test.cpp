@@ -309,9 +309,11 @@ TEST(HfImportErrors, ShapeMismatchNamesBothSides) {
   const auto path = broken.make(broken.config, [](auto& tensors) {
     tensors["model.layers.0.self_attn.o_proj.weight"] = at::zeros({16, 15});
   });
-  broken.expect_import_error(path, broken.config,
-                             {"model.layers.0.self_attn.o_proj.weight\" has shape [16, 15]",
-                              "decoder.0.attention.dense.weight", "[16, 16]"});
+  broken.expect_import_error(
+      path, broken.config,
+      {"model.safetensors: tensor \"model.layers.0.self_attn.o_proj.weight\" "
+       "has shape [16, 15]",
+       "decoder.0.attention.dense.weight", "[16, 16]"});
 }
 
 TEST(HfImportErrors, IntegerTensorForAFloatParameter) {

@@ -178,8 +178,12 @@ Attempt plan_parameter(const ParameterSlot& slot, const ConversionRule& rule,
         }
         piece.shape = source.transposed ? swap_last_two(shape) : shape;
       }
+      // Messages about the tensor name its file when it comes from one.
+      const std::string tensor_named =
+          (piece.source.file != nullptr ? piece.source.file->path() + ": " : std::string()) +
+          "tensor \"" + piece.key + "\"";
       if (source.transposed && piece.shape.size() < 2) {
-        throw CheckpointError("tensor \"" + piece.key + "\" " + format_shape(piece.shape) +
+        throw CheckpointError(tensor_named + " " + format_shape(piece.shape) +
                               " is marked transposed but has fewer than 2 dimensions (" + where +
                               ")");
       }
@@ -189,10 +193,9 @@ Attempt plan_parameter(const ParameterSlot& slot, const ConversionRule& rule,
           (shapes_seen.empty() ? "" : ", ") + piece.key + " " + format_shape(piece.shape);
       if (rule.reshapes()) {
         if (piece.shape != rule.stored_shape || piece.numel != block_numel) {
-          throw CheckpointError("tensor \"" + piece.key + "\" " + format_shape(piece.shape) +
-                                ", but " + where + " is reshaped from " +
-                                format_shape(rule.stored_shape) + " into blocks of " +
-                                format_shape(block));
+          throw CheckpointError(tensor_named + " " + format_shape(piece.shape) + ", but " + where +
+                                " is reshaped from " + format_shape(rule.stored_shape) +
+                                " into blocks of " + format_shape(block));
         }
         piece.run = piece.destination_stride = std::max<std::int64_t>(block_numel, 1);
         piece.destination_base = slot.flat_range.begin + s * block_numel;
@@ -204,18 +207,18 @@ Attempt plan_parameter(const ParameterSlot& slot, const ConversionRule& rule,
         const bool sized = rule.concat_sizes.empty() || in_block.size() != block.size() ||
                            in_block[dim] == rule.concat_sizes.at(source_index);
         if (fits && !sized) {
-          throw CheckpointError("tensor \"" + piece.key + "\" has shape " +
-                                format_shape(piece.shape) + ", but " + where + " needs " +
+          throw CheckpointError(tensor_named + " has shape " + format_shape(piece.shape) +
+                                ", but " + where + " needs " +
                                 std::to_string(rule.concat_sizes.at(source_index)) +
                                 " along dimension " + std::to_string(dim) + " from it");
         }
         if (!fits) {
-          throw CheckpointError(
-              "tensor \"" + piece.key + "\" has shape " + format_shape(piece.shape) +
-              (source.transposed ? " (stored transposed)" : "") + ", but " + where + " needs " +
-              format_shape(block) + " blocks" +
-              (rule.sources.size() > 1 ? " concatenated along dimension " + std::to_string(dim)
-                                       : std::string()));
+          throw CheckpointError(tensor_named + " has shape " + format_shape(piece.shape) +
+                                (source.transposed ? " (stored transposed)" : "") + ", but " +
+                                where + " needs " + format_shape(block) + " blocks" +
+                                (rule.sources.size() > 1
+                                     ? " concatenated along dimension " + std::to_string(dim)
+                                     : std::string()));
         }
         const std::int64_t inner = product(block, dim + 1, block.size());
         piece.run = std::max<std::int64_t>(in_block[dim] * inner, 1);

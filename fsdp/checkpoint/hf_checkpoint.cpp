@@ -7,6 +7,7 @@
 #include <set>
 
 #include "fsdp/checkpoint/checkpoint_error.h"
+#include "fsdp/checkpoint/distributed_checkpoint.h"
 #include "fsdp/checkpoint/file_io.h"
 #include "fsdp/checkpoint/json_input.h"
 
@@ -64,8 +65,20 @@ HfCheckpoint::HfCheckpoint(const std::filesystem::path& path) {
     return;
   }
   std::vector<std::filesystem::path> found;
+  bool rank_files = false;
   for (const auto& entry : std::filesystem::directory_iterator(path)) {
     if (entry.path().extension() == ".safetensors") found.push_back(entry.path());
+    rank_files = rank_files || is_rank_file_name(entry.path().filename().string());
+  }
+  // The runtime's own checkpoint without its index is not an HF directory:
+  // reading its shards as HF tensors would only produce nonsense errors.
+  if (rank_files) {
+    throw CheckpointError(path.string() +
+                          " holds the rank files of a distributed checkpoint but no " +
+                          kCheckpointIndexFileName +
+                          " (an interrupted save? the previous one may "
+                          "be at " +
+                          path.string() + ".previous)");
   }
   if (found.empty()) {
     throw CheckpointError(path.string() + ": no " + std::string(kHfIndexFileName) + ", no " +
