@@ -3,10 +3,15 @@
 //   --throw-on-rank R     rank R throws while the others wait in a collective
 //   --skip-on-rank R      rank R skips a collective and stays alive; the others
 //                         must give up after --collective-timeout and abort the job
+//   --stall-preflight-on-rank R
+//                         rank R's preflight takes 60 s; the others must give up
+//                         after --collective-timeout and abort the job
 #include <chrono>
 #include <iostream>
 #include <stdexcept>
 #include <thread>
+
+#include <mpi.h>
 
 #include "fsdp/launch/program.h"
 
@@ -15,11 +20,20 @@ namespace po = boost::program_options;
 int main(int argc, char** argv) {
   po::options_description options("Failure probe");
   options.add_options()("throw-on-rank", po::value<int>()->default_value(-1), "rank that throws")(
-      "skip-on-rank", po::value<int>()->default_value(-1), "rank that skips a collective");
+      "skip-on-rank", po::value<int>()->default_value(-1), "rank that skips a collective")(
+      "stall-preflight-on-rank", po::value<int>()->default_value(-1), "rank whose preflight hangs");
+  fsdp::launch::ProgramInfo info{"failure-probe", "fails on purpose",
+                                 "mpirun -np N failure-probe [options]", nullptr, ""};
+  info.preflight = [](const po::variables_map& values, int) {
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    if (rank == values["stall-preflight-on-rank"].as<int>()) {
+      std::this_thread::sleep_for(std::chrono::seconds(60));  // a hung file system, say
+    }
+  };
   return fsdp::launch::run_program(
-      argc, argv,
-      {"failure-probe", "fails on purpose", "mpirun -np N failure-probe [options]", nullptr, ""},
-      options, [](fsdp::launch::Runtime& runtime, const po::variables_map& values) {
+      argc, argv, info, options,
+      [](fsdp::launch::Runtime& runtime, const po::variables_map& values) {
         std::vector<std::int32_t> value = {1};
         auto& group = *runtime.host_group();
         if (runtime.rank() == values["throw-on-rank"].as<int>()) {

@@ -88,6 +88,9 @@ fsdp_add_program_test(rank_failure_aborts_job EXIT nonzero TIMEOUT 60
                       COMMAND ${FSDP_MPIRUN} -np 3 ${probe} --throw-on-rank 1
                       OUTPUT "rank 1/3 on .* fatal: failure-probe: checkpoint shard 'model-00002.safetensors' is truncated"
                       FORBID "rank 0 finished")
+fsdp_add_program_test(preflight_peer_times_out EXIT nonzero TIMEOUT 60
+                      COMMAND ${FSDP_MPIRUN} -np 2 ${probe} --stall-preflight-on-rank 1 --collective-timeout 2
+                      OUTPUT "failure-probe: preflight: the ranks did not all arrive within 2.0+ s")
 fsdp_add_program_test(missing_peer_times_out EXIT nonzero TIMEOUT 60
                       COMMAND ${FSDP_MPIRUN} -np 2 ${probe} --skip-on-rank 1 --collective-timeout 2
                       OUTPUT "all_reduce\\(sum\\) of 1 int32 on rank 0/2 .* did not complete within 2")

@@ -2,11 +2,13 @@
 
 #include <mpi.h>
 
+#include <chrono>
 #include <cmath>
 #include <exception>
 #include <iostream>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "fsdp/collective_errors.h"
 
@@ -24,6 +26,28 @@ po::options_description common_options() {
       "seconds a rank waits for its peers in one collective before the job is aborted "
       "(a hung or crashed peer, or collectives issued in a different order)");
   return options;
+}
+
+// MPI_Allreduce(MIN) of one int over the world, given up after `timeout`: a
+// peer stuck before its preflight agreement (a hung file system, a stopped
+// process) must end the job with a message, not hang it. Not a process group
+// collective: the groups do not exist yet.
+void agree_within(int* value, std::chrono::milliseconds timeout, Runtime& runtime,
+                  const std::string& what) {
+  MPI_Request request = MPI_REQUEST_NULL;
+  MPI_Iallreduce(MPI_IN_PLACE, value, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD, &request);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  int done = 0;
+  while (true) {
+    MPI_Test(&request, &done, MPI_STATUS_IGNORE);
+    if (done) return;
+    if (std::chrono::steady_clock::now() > deadline) {
+      runtime.abort_job(what + ": the ranks did not all arrive within " +
+                        std::to_string(timeout.count() / 1000.0) +
+                        " s (--collective-timeout): a peer rank is stuck or has died before it");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
 }
 
 }  // namespace
@@ -99,7 +123,8 @@ int run_program(int argc, char** argv, const ProgramInfo& info,
     // node but not on another's must not leave rank 0 waiting in a collective
     // for peers that already returned. The lowest failing rank speaks.
     int first_failing = failure.empty() ? runtime.world_size() : runtime.rank();
-    MPI_Allreduce(MPI_IN_PLACE, &first_failing, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    agree_within(&first_failing, runtime_options.collective_timeout, runtime,
+                 info.name + ": preflight");
     if (first_failing < runtime.world_size()) {
       if (runtime.rank() == first_failing) {
         std::cerr << info.name << ": "
