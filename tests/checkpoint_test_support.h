@@ -103,18 +103,22 @@ inline std::map<std::string, at::Tensor> all_parameters(stages::MultiStageModel&
   return values;
 }
 
+// Tensor `name` of a safetensors file, read whole in its stored dtype.
+inline at::Tensor read_safetensors_tensor(const checkpoint::SafetensorsFile& file,
+                                          const std::string& name) {
+  const auto& entry = file.tensor(name);
+  auto tensor =
+      at::empty(entry.shape, at::TensorOptions().dtype(*checkpoint::scalar_type_of(entry.dtype)));
+  file.read_tensor_bytes(entry, 0, tensor.data_ptr(), entry.bytes());
+  return tensor;
+}
+
 // Every tensor of an HF checkpoint, read whole (small test files only).
 inline std::map<std::string, at::Tensor> read_hf_tensors(const fs::path& path) {
   checkpoint::HfCheckpoint hf(path);
   std::map<std::string, at::Tensor> tensors;
   for (const auto& key : hf.keys()) {
-    const auto* located = hf.find(key);
-    auto tensor =
-        at::empty(located->entry->shape,
-                  at::TensorOptions().dtype(*checkpoint::scalar_type_of(located->entry->dtype)));
-    located->file->read_tensor_bytes(*located->entry, 0, tensor.data_ptr(),
-                                     located->entry->bytes());
-    tensors[key] = tensor;
+    tensors[key] = read_safetensors_tensor(*hf.find(key)->file, key);
   }
   return tensors;
 }

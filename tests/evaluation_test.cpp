@@ -26,14 +26,6 @@ namespace {
 namespace fs = std::filesystem;
 const fs::path kFixtures = FSDP_HF_FIXTURES;
 
-at::Tensor read_tensor(const checkpoint::SafetensorsFile& file, const std::string& name) {
-  const auto& entry = file.tensor(name);
-  at::Tensor tensor =
-      at::empty(entry.shape, at::TensorOptions().dtype(*checkpoint::scalar_type_of(entry.dtype)));
-  file.read_tensor_bytes(entry, 0, tensor.data_ptr(), entry.bytes());
-  return tensor;
-}
-
 // Token ids [rows, length] as one int64 .npy file, written by rank 0.
 void write_tokens(const testing::SharedDirectory& directory, const std::string& name,
                   const at::Tensor& ids) {
@@ -52,8 +44,8 @@ class EvaluationOnFixture : public ::testing::TestWithParam<std::string> {};
 TEST_P(EvaluationOnFixture, EqualsTransformersLoss) {
   const fs::path source = kFixtures / GetParam();
   const checkpoint::SafetensorsFile reference(source / "reference.safetensors");
-  const at::Tensor input_ids = read_tensor(reference, "input_ids");  // [2, 16]
-  const double expected = read_tensor(reference, "loss").item<double>();
+  const at::Tensor input_ids = testing::read_safetensors_tensor(reference, "input_ids");  // [2, 16]
+  const double expected = testing::read_safetensors_tensor(reference, "loss").item<double>();
 
   auto& runtime = testing::runtime();
   testing::SharedDirectory directory(*runtime.process_group(), "evaluation_" + GetParam());

@@ -489,17 +489,26 @@ TEST(HfExportErrors, NeverReplacesADirectoryThatIsNotACheckpoint) {
   EXPECT_EQ(file_bytes(precious / "notes.txt"), "keep me");
 }
 
+// A small MoE model, exported once (sharded into files) to `target`.
+struct EarlierExport {
+  std::shared_ptr<ProcessGroup> group = runtime().process_group();
+  SharedDirectory directory;
+  models::LlamaConfig config = small_llama(4);
+  std::unique_ptr<stages::MultiStageModel> model = build_model(config, group);
+  ConversionRules rules = models::llama_conversion_rules(config);
+  fs::path target = directory / "export";
+
+  explicit EarlierExport(const std::string& name) : directory(*group, name) {
+    model->initialize_weights(5);
+    checkpoint::export_hf_checkpoint(target, rules, model->stages(), sharded_export());
+  }
+};
+
 // Exporting over an earlier export replaces its tensors, and never deletes
 // what the export does not write again (a README, a notes file).
 TEST(HfExportErrors, UserFilesInTheTargetAreNeverDeleted) {
-  auto group = runtime().process_group();
-  SharedDirectory directory(*group, "hf_export_user_files");
-  const auto config = small_llama(4);
-  auto model = build_model(config, group);
-  model->initialize_weights(5);
-  const auto rules = models::llama_conversion_rules(config);
-  const auto target = directory / "export";
-  checkpoint::export_hf_checkpoint(target, rules, model->stages(), sharded_export());
+  EarlierExport earlier("hf_export_user_files");
+  const auto& [group, directory, config, model, rules, target] = earlier;
   // Again with another file size: other tensor files, all ours, all replaced.
   checkpoint::export_hf_checkpoint(target, rules, model->stages());
   EXPECT_TRUE(fs::exists(target / "model.safetensors"));
@@ -520,14 +529,8 @@ TEST(HfExportErrors, UserFilesInTheTargetAreNeverDeleted) {
 // not a collective mismatch ending in a timeout -- and the previous export
 // stays as it was.
 TEST(HfExportErrors, AFullDiskOnOneWritingRankIsAgreedAndLosesNothing) {
-  auto group = runtime().process_group();
-  SharedDirectory directory(*group, "hf_export_full_disk");
-  const auto config = small_llama(4);
-  auto model = build_model(config, group);
-  model->initialize_weights(5);
-  const auto rules = models::llama_conversion_rules(config);
-  const auto target = directory / "export";
-  checkpoint::export_hf_checkpoint(target, rules, model->stages(), sharded_export());
+  EarlierExport earlier("hf_export_full_disk");
+  const auto& [group, directory, config, model, rules, target] = earlier;
   const auto before = read_hf_tensors(target);
   std::int64_t files = 0;
   for (const auto& entry : fs::directory_iterator(target)) {

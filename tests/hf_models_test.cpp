@@ -32,14 +32,6 @@ namespace {
 namespace fs = std::filesystem;
 const fs::path kFixtures = FSDP_HF_FIXTURES;
 
-at::Tensor read_tensor(const checkpoint::SafetensorsFile& file, const std::string& name) {
-  const auto& entry = file.tensor(name);
-  const auto type = checkpoint::scalar_type_of(entry.dtype);
-  at::Tensor tensor = at::empty(entry.shape, at::TensorOptions().dtype(*type));
-  file.read_tensor_bytes(entry, 0, tensor.data_ptr(), entry.bytes());
-  return tensor;
-}
-
 std::vector<std::uint8_t> read_bytes(const checkpoint::LocatedTensor& located) {
   std::vector<std::uint8_t> bytes(static_cast<std::size_t>(located.entry->bytes()));
   located.file->read_tensor_bytes(*located.entry, 0, bytes.data(), located.entry->bytes());
@@ -57,8 +49,8 @@ TEST_P(HfModels, LogitsEqualTransformersAndExportIsBitwise) {
   const Case& c = GetParam();
   const fs::path source = kFixtures / c.fixture;
   const checkpoint::SafetensorsFile reference(source / "reference.safetensors");
-  const at::Tensor input_ids = read_tensor(reference, "input_ids");
-  const at::Tensor expected = read_tensor(reference, "logits");
+  const at::Tensor input_ids = testing::read_safetensors_tensor(reference, "input_ids");
+  const at::Tensor expected = testing::read_safetensors_tensor(reference, "logits");
 
   HfModelConfig hf = read_hf_config(source);
   hf.model.max_sequence = input_ids.size(1);

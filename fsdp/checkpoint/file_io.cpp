@@ -29,10 +29,9 @@ File File::open_for_reading(const std::filesystem::path& path) {
   struct stat status {};
   if (::fstat(descriptor, &status) != 0 || !S_ISREG(status.st_mode)) {
     ::close(descriptor);
-    throw CheckpointError("cannot open " + path.string() + ": " +
-                          (S_ISDIR(status.st_mode)
-                               ? "it is a directory, not a file"
-                               : "not a regular file (a FIFO, socket or device)"));
+    throw CheckpointError(path.string() + ": not a regular file (" +
+                          (S_ISDIR(status.st_mode) ? "a directory" : "a FIFO, socket or device") +
+                          ")");
   }
   return File(descriptor, path);
 }

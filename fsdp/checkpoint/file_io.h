@@ -19,6 +19,8 @@ namespace fsdp::checkpoint {
 class File {
  public:
   // Opens an existing file for reading.
+  // Throws CheckpointError naming the file when it cannot be opened or is not
+  // a regular file (opened O_NONBLOCK: a FIFO is refused, never waited on).
   static File open_for_reading(const std::filesystem::path& path);
   // Creates (or truncates) a file for writing, mode 0644.
   static File create(const std::filesystem::path& path);

@@ -1,13 +1,7 @@
 #include "fsdp/checkpoint/json_input.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
-
 #include "fsdp/checkpoint/checkpoint_error.h"
+#include "fsdp/checkpoint/file_io.h"
 
 namespace fsdp::checkpoint {
 
@@ -29,37 +23,15 @@ nlohmann::json parse_untrusted_json(std::string_view text, const std::string& so
 }
 
 nlohmann::json read_untrusted_json_file(const std::filesystem::path& path) {
-  // O_NONBLOCK: opening a FIFO must not wait for a writer.
-  const int descriptor = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-  if (descriptor < 0) {
-    throw CheckpointError(path.string() + ": cannot open: " + std::strerror(errno));
-  }
-  struct stat status {};
-  if (fstat(descriptor, &status) != 0 || !S_ISREG(status.st_mode)) {
-    ::close(descriptor);
-    throw CheckpointError(path.string() + ": not a regular file" +
-                          (S_ISDIR(status.st_mode) ? " (a directory)" : ""));
-  }
-  if (status.st_size > kMaxJsonFileBytes) {
-    ::close(descriptor);
+  const auto file = File::open_for_reading(path);  // regular files only, never blocks on a FIFO
+  const std::int64_t size = file.size();
+  if (size > kMaxJsonFileBytes) {
     throw CheckpointError(
-        path.string() + ": " + std::to_string(status.st_size) + " bytes of JSON, more than the " +
+        path.string() + ": " + std::to_string(size) + " bytes of JSON, more than the " +
         std::to_string(kMaxJsonFileBytes >> 20) + " MiB any index or config needs");
   }
-  std::string text(static_cast<std::size_t>(status.st_size), '\0');
-  std::size_t done = 0;
-  while (done < text.size()) {
-    const auto got = ::read(descriptor, text.data() + done, text.size() - done);
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) {
-      const int error = errno;
-      ::close(descriptor);
-      throw CheckpointError(path.string() + ": cannot read: " +
-                            (got == 0 ? "the file shrank" : std::strerror(error)));
-    }
-    done += static_cast<std::size_t>(got);
-  }
-  ::close(descriptor);
+  std::string text(static_cast<std::size_t>(size), '\0');
+  file.read_exactly(0, text.data(), size);
   return parse_untrusted_json(text, path.string());
 }
 
