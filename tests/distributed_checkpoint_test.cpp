@@ -202,11 +202,14 @@ struct SavedCheckpoint {
   }
 };
 
-void flip_byte(const fs::path& file, std::int64_t offset_from_end) {
+// Flips a bit of the byte at `offset` from `origin` (std::ios::beg or std::ios::end).
+void flip_byte(const fs::path& file, std::int64_t offset,
+               std::ios::seekdir origin = std::ios::end) {
+  const std::int64_t signed_offset = origin == std::ios::end ? -offset : offset;
   std::fstream stream(file, std::ios::in | std::ios::out | std::ios::binary);
-  stream.seekg(-offset_from_end, std::ios::end);
+  stream.seekg(signed_offset, origin);
   const char byte = static_cast<char>(stream.get() ^ 0x40);
-  stream.seekp(-offset_from_end, std::ios::end);
+  stream.seekp(signed_offset, origin);
   stream.put(byte);
 }
 
@@ -215,6 +218,17 @@ TEST(DistributedCheckpointErrors, ChecksumMismatchNamesTheFileAndTheBlock) {
   const auto file = saved.path / checkpoint::rank_file_name(0, saved.group->size());
   saved.edit([&] { flip_byte(file, 10); });
   saved.expect_load_error(saved.config, {file.string(), "checksum mismatch in block", "corrupt"});
+}
+
+// The header is JSON from disk: it is checked against the index's checksums
+// before it is parsed, so a corrupt header is named as corruption (and the
+// parser never sees bytes that were not saved).
+TEST(DistributedCheckpointErrors, CorruptHeaderIsAChecksumMismatchNotAParseError) {
+  SavedCheckpoint saved;
+  const auto file = saved.path / checkpoint::rank_file_name(0, saved.group->size());
+  // Byte 8 is the header's opening brace: flipped, the JSON is invalid.
+  saved.edit([&] { flip_byte(file, 8, std::ios::beg); });
+  saved.expect_load_error(saved.config, {file.string(), "checksum mismatch in block 0", "corrupt"});
 }
 
 TEST(DistributedCheckpointErrors, TruncatedRankFile) {

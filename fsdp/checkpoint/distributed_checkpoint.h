@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "fsdp/checkpoint/checkpoint_format.h"
+#include "fsdp/checkpoint/checkpoint_index.h"
 #include "fsdp/fsdp.h"
 
 namespace fsdp::stages {
@@ -40,11 +41,6 @@ class ShardedAdamW;
 }
 
 namespace fsdp::checkpoint {
-
-// "rank-00001-of-00004.safetensors"
-std::string rank_file_name(int rank, int world_size);
-// Whether `name` has that form (of any rank and world size).
-bool is_rank_file_name(const std::string& name);
 
 // The per-stage arrays a rank file holds, each a tensor "<stage>/<name>".
 enum class ShardArray {
@@ -83,43 +79,6 @@ void check_save_directory(const std::filesystem::path& directory);
 // link at `directory` is followed and left in place.
 void save_checkpoint(const std::filesystem::path& directory, const std::vector<Fsdp*>& stages,
                      const stages::ShardedAdamW* optimizer, const SaveOptions& options);
-
-// One stage as recorded in the index.
-struct StageRecord {
-  std::string name;
-  std::string shard_dtype;  // element_type_name, e.g. "float32"
-  std::int64_t unpadded_numel = 0;
-  std::int64_t shard_numel = 0;
-  std::vector<ParameterSpec> parameters;  // name, shape, dtype (init is not stored)
-  std::vector<ElementRange> flat_ranges;
-};
-
-struct FileRecord {
-  std::string name;
-  int rank = 0;        // whose shards it holds: its position in the index
-  int world_size = 0;  // of the saving job
-  std::int64_t bytes = 0;
-  std::int64_t checksum_block_bytes = 0;
-  std::vector<std::uint64_t> checksums;
-};
-
-struct CheckpointIndex {
-  std::filesystem::path directory;  // where it was read from
-  int world_size = 0;
-  std::int64_t step = 0;
-  nlohmann::json training_config;
-  bool has_gradients = false;
-  bool has_optimizer = false;
-  std::int64_t optimizer_steps = 0;
-  std::vector<StageRecord> stages;
-  std::vector<FileRecord> files;  // files[r] is rank r's
-};
-
-// Reads and validates `directory`/index.json. When `directory` does not
-// exist but `directory`.previous holds a checkpoint (a save interrupted where
-// the file system cannot swap directories atomically), reads that one.
-// Throws CheckpointError naming the file and the field.
-CheckpointIndex read_checkpoint_index(const std::filesystem::path& directory);
 
 struct LoadCheckpointOptions {
   bool gradients = false;  // load the gradient shards too (the checkpoint must have them)

@@ -7,12 +7,37 @@
 #include <set>
 
 #include "fsdp/checkpoint/checkpoint_error.h"
-#include "fsdp/checkpoint/distributed_checkpoint.h"
+#include "fsdp/checkpoint/checkpoint_format.h"
+#include "fsdp/checkpoint/checkpoint_index.h"
 #include "fsdp/checkpoint/file_io.h"
 #include "fsdp/checkpoint/json_input.h"
 
 namespace fsdp::checkpoint {
-namespace {}  // namespace
+namespace {
+
+// A key from a file, cut for messages (a hostile index makes keys of any length).
+std::string shown_key(const std::string& key) {
+  return key.size() <= 80 ? key : key.substr(0, 77) + "...";
+}
+
+}  // namespace
+std::map<std::string, std::vector<std::string>> parse_hf_weight_map(std::string_view text,
+                                                                    const std::string& source) {
+  const auto index = parse_untrusted_json(text, source);
+  const auto weight_map = index.is_object() ? index.find("weight_map") : index.end();
+  if (!index.is_object() || weight_map == index.end() || !weight_map->is_object()) {
+    throw CheckpointError(source + ": expected an object with a \"weight_map\" object");
+  }
+  std::map<std::string, std::vector<std::string>> keys_by_file;
+  for (const auto& [key, file] : weight_map->items()) {
+    if (!file.is_string()) {
+      throw CheckpointError(source + ": weight_map entry \"" + shown_key(key) +
+                            "\" must be a file name, not " + json_excerpt(file));
+    }
+    keys_by_file[file.get<std::string>()].push_back(key);
+  }
+  return keys_by_file;
+}
 
 HfCheckpoint::HfCheckpoint(const std::filesystem::path& path) {
   std::error_code error;
@@ -27,22 +52,11 @@ HfCheckpoint::HfCheckpoint(const std::filesystem::path& path) {
   const auto index_path = path / kHfIndexFileName;
   if (std::filesystem::exists(index_path, error)) {
     source_ = index_path.string();
-    const auto index = read_untrusted_json_file(index_path);
-    const auto weight_map = index.find("weight_map");
-    if (!index.is_object() || weight_map == index.end() || !weight_map->is_object()) {
-      throw CheckpointError(source_ + ": expected an object with a \"weight_map\" object");
-    }
-    std::map<std::string, std::vector<std::string>> keys_by_file;
-    for (const auto& [key, file] : weight_map->items()) {
-      if (!file.is_string()) {
-        throw CheckpointError(source_ + ": weight_map entry \"" + key + "\" must be a file name");
-      }
-      keys_by_file[file.get<std::string>()].push_back(key);
-    }
+    const auto keys_by_file = parse_hf_weight_map(read_untrusted_json_text(index_path), source_);
     for (const auto& [file_name, keys] : keys_by_file) {
-      const auto file_path =
-          file_inside(path, file_name, source_ + ": weight_map entry \"" + keys.front() + "\"",
-                      /*hf_cache_layout=*/true);
+      const auto file_path = file_inside(
+          path, file_name, source_ + ": weight_map entry \"" + shown_key(keys.front()) + "\"",
+          /*hf_cache_layout=*/true);
       if (!std::filesystem::exists(file_path, error)) {
         throw CheckpointError(source_ + ": weight_map puts \"" + keys.front() + "\" in " +
                               file_name + ", but " + file_path.string() + " does not exist");

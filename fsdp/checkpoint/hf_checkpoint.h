@@ -19,6 +19,14 @@ namespace fsdp::checkpoint {
 inline constexpr std::string_view kHfIndexFileName = "model.safetensors.index.json";
 inline constexpr std::string_view kHfSingleFileName = "model.safetensors";
 
+// The weight map of an HF index, from the index file's text: the keys each
+// file holds, by file name. Touches no file (the names are checked when the
+// files are opened). Throws CheckpointError starting with `source` when the
+// text is not JSON (parse_untrusted_json), is not an object with a
+// "weight_map" object, or maps a key to anything but a string.
+std::map<std::string, std::vector<std::string>> parse_hf_weight_map(std::string_view text,
+                                                                    const std::string& source);
+
 struct LocatedTensor {
   const SafetensorsFile* file = nullptr;
   const TensorEntry* entry = nullptr;

@@ -22,7 +22,7 @@ nlohmann::json parse_untrusted_json(std::string_view text, const std::string& so
   }
 }
 
-nlohmann::json read_untrusted_json_file(const std::filesystem::path& path) {
+std::string read_untrusted_json_text(const std::filesystem::path& path) {
   const auto file = File::open_for_reading(path);  // regular files only, never blocks on a FIFO
   const std::int64_t size = file.size();
   if (size > kMaxJsonFileBytes) {
@@ -32,7 +32,11 @@ nlohmann::json read_untrusted_json_file(const std::filesystem::path& path) {
   }
   std::string text(static_cast<std::size_t>(size), '\0');
   file.read_exactly(0, text.data(), size);
-  return parse_untrusted_json(text, path.string());
+  return text;
+}
+
+nlohmann::json read_untrusted_json_file(const std::filesystem::path& path) {
+  return parse_untrusted_json(read_untrusted_json_text(path), path.string());
 }
 
 std::string json_error_excerpt(const std::string& message, std::size_t limit) {

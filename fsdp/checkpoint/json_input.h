@@ -28,9 +28,12 @@ inline constexpr std::int64_t kMaxJsonFileBytes = std::int64_t{256} << 20;
 nlohmann::json parse_untrusted_json(std::string_view text, const std::string& source,
                                     const nlohmann::json::parser_callback_t& callback = nullptr);
 
-// Reads and parses `path`. Throws CheckpointError naming it: cannot open, not
-// a regular file (a directory, FIFO, socket or device: refused without
-// blocking), larger than kMaxJsonFileBytes, or as parse_untrusted_json.
+// The bytes of `path`, unparsed. Throws CheckpointError naming it: cannot
+// open, not a regular file (a directory, FIFO, socket or device: refused
+// without blocking), or larger than kMaxJsonFileBytes.
+std::string read_untrusted_json_text(const std::filesystem::path& path);
+
+// Reads and parses `path`: read_untrusted_json_text, then parse_untrusted_json.
 nlohmann::json read_untrusted_json_file(const std::filesystem::path& path);
 
 // The JSON parser's own message, cut to `limit` characters: it quotes the

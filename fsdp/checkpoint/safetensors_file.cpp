@@ -6,7 +6,7 @@
 
 namespace fsdp::checkpoint {
 
-SafetensorsFile::SafetensorsFile(const std::filesystem::path& path)
+SafetensorsFile::SafetensorsFile(const std::filesystem::path& path, const HeaderReader& read_header)
     : file_(File::open_for_reading(path)), file_size_(file_.size()) {
   const std::string name = path.string();
   if (file_size_ < kHeaderLengthBytes) {
@@ -16,26 +16,17 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path)
   }
   unsigned char length_bytes[kHeaderLengthBytes];
   file_.read_exactly(0, length_bytes, kHeaderLengthBytes);
-  std::uint64_t header_length = 0;
-  for (int i = 7; i >= 0; --i) header_length = (header_length << 8) | length_bytes[i];
-  if (header_length > kMaxHeaderBytes) {
-    // The value is not printed: from a file that is not safetensors it would
-    // be 8 bytes of its content ("root:x:0" for /etc/passwd).
-    throw CheckpointError(name + ": its header length field exceeds the limit of " +
-                          std::to_string(kMaxHeaderBytes) +
-                          " bytes (not a safetensors file, or corrupt)");
+  const std::int64_t header_length = header_length_field(length_bytes, file_size_, name);
+  const std::int64_t header_end = kHeaderLengthBytes + header_length;
+  std::string json_text;
+  if (read_header) {
+    json_text = read_header(file_, header_end);
+  } else {
+    json_text.resize(static_cast<std::size_t>(header_length));
+    file_.read_exactly(kHeaderLengthBytes, json_text.data(), header_length);
   }
-  const auto available = static_cast<std::uint64_t>(file_size_ - kHeaderLengthBytes);
-  if (header_length > available) {
-    throw CheckpointError(name + ": header length " + std::to_string(header_length) +
-                          " runs beyond the end of the file (" + std::to_string(available) +
-                          " bytes after the length field): truncated file");
-  }
-  std::string json_text(header_length, '\0');
-  file_.read_exactly(kHeaderLengthBytes, json_text.data(),
-                     static_cast<std::int64_t>(header_length));
-  bytes_read_ = kHeaderLengthBytes + static_cast<std::int64_t>(header_length);
-  header_ = parse_header(json_text, static_cast<std::int64_t>(available - header_length), name);
+  bytes_read_ = header_end;
+  header_ = parse_header(json_text, file_size_ - header_end, name);
 }
 
 const TensorEntry& SafetensorsFile::tensor(std::string_view name) const {

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -22,9 +23,17 @@ namespace fsdp::checkpoint {
 // Thread-safety: reads may run concurrently (pread); the byte counter is atomic.
 class SafetensorsFile {
  public:
-  // Opens `path` and validates its header against the file's size.
-  // Throws CheckpointError naming the file on any violation.
-  explicit SafetensorsFile(const std::filesystem::path& path);
+  // Returns the N header bytes to parse, given the open file and the end of
+  // its header (8 + N, already checked against the file's size); throws to
+  // refuse the file. For readers that must check bytes before they are
+  // parsed (a rank file's checksums: verified_reader.h).
+  using HeaderReader = std::function<std::string(const File& file, std::int64_t header_end)>;
+
+  // Opens `path` and validates its header against the file's size; the
+  // header bytes come from `read_header` when given, else straight from the
+  // file. Throws CheckpointError naming the file on any violation.
+  explicit SafetensorsFile(const std::filesystem::path& path,
+                           const HeaderReader& read_header = nullptr);
 
   std::string path() const { return file_.path().string(); }
   const SafetensorsHeader& header() const { return header_; }

@@ -159,6 +159,26 @@ std::string format_shape(const std::vector<std::int64_t>& shape) {
   return text + "]";
 }
 
+std::int64_t header_length_field(const unsigned char (&length_bytes)[kHeaderLengthBytes],
+                                 std::int64_t file_size, const std::string& file) {
+  std::uint64_t header_length = 0;
+  for (int i = kHeaderLengthBytes - 1; i >= 0; --i) {
+    header_length = (header_length << 8) | length_bytes[i];
+  }
+  if (header_length > kMaxHeaderBytes) {
+    throw CheckpointError(file + ": its header length field exceeds the limit of " +
+                          std::to_string(kMaxHeaderBytes) +
+                          " bytes (not a safetensors file, or corrupt)");
+  }
+  const auto available = static_cast<std::uint64_t>(file_size - kHeaderLengthBytes);
+  if (header_length > available) {
+    throw CheckpointError(file + ": header length " + std::to_string(header_length) +
+                          " runs beyond the end of the file (" + std::to_string(available) +
+                          " bytes after the length field): truncated file");
+  }
+  return static_cast<std::int64_t>(header_length);
+}
+
 SafetensorsHeader parse_header(std::string_view json_text, std::int64_t data_bytes,
                                const std::string& file) {
   // Duplicate keys would silently keep the last one in nlohmann's parser; the

@@ -84,6 +84,15 @@ struct SafetensorsHeader {
 SafetensorsHeader parse_header(std::string_view json_text, std::int64_t data_bytes,
                                const std::string& file);
 
+// N, the header length, from a file's first 8 bytes, checked against the
+// file's size: at most kMaxHeaderBytes and not beyond the end. Throws
+// CheckpointError naming `file` otherwise; a value over the limit is never
+// printed (from a file that is not safetensors it is 8 bytes of its content,
+// "root:x:0" for /etc/passwd).
+// REQUIRES: file_size >= kHeaderLengthBytes.
+std::int64_t header_length_field(const unsigned char (&length_bytes)[kHeaderLengthBytes],
+                                 std::int64_t file_size, const std::string& file);
+
 // "[2, 3]", for messages.
 std::string format_shape(const std::vector<std::int64_t>& shape);
 

@@ -14,9 +14,10 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 
-#include "fsdp/checkpoint/distributed_checkpoint.h"
+#include "fsdp/checkpoint/checkpoint_index.h"
 #include "fsdp/checkpoint/safetensors_file.h"
 
 namespace fsdp::checkpoint {
@@ -24,10 +25,12 @@ namespace fsdp::checkpoint {
 // Thread-safety: none (one staging buffer); use one reader per thread.
 class VerifiedReader {
  public:
-  // Opens `path` (validating its safetensors header) and checks that its size
-  // is `record.bytes`. Reads go through a staging buffer of `chunk_bytes`
-  // rounded up to whole checksum blocks. Throws CheckpointError naming the
-  // file when it is missing, has an invalid header or has another size.
+  // Opens `path`, checks that its size is `record.bytes` and the checksums
+  // of the blocks its header lies in, then validates the header and the
+  // file's metadata (its rank and world size must be the record's). Reads go
+  // through a staging buffer of `chunk_bytes` rounded up to whole checksum
+  // blocks. Throws CheckpointError naming the file when it is missing, has
+  // another size, fails a checksum, has an invalid header or names another rank.
   VerifiedReader(const std::filesystem::path& path, FileRecord record, std::int64_t chunk_bytes);
 
   const SafetensorsFile& file() const { return file_; }
@@ -44,13 +47,20 @@ class VerifiedReader {
   void release_staging();
 
  private:
-  SafetensorsFile file_;
+  // Reads raw file bytes [offset, offset + bytes) into a buffer.
+  using ByteSource = std::function<void(std::int64_t offset, char* into, std::int64_t bytes)>;
+  // read(), from `source`: also used before file_ exists, for its header.
+  void read_verified(const ByteSource& source, std::int64_t offset, char* destination,
+                     std::int64_t bytes);
+
+  // Declared in this order: file_'s constructor reads through the others.
   FileRecord record_;
   std::int64_t chunk_bytes_ = 0;  // a multiple of the checksum block size
   std::unique_ptr<char[]> staging_;
   // File bytes [staged_begin_, staged_end_) are in staging_, already verified.
   std::int64_t staged_begin_ = 0;
   std::int64_t staged_end_ = 0;
+  SafetensorsFile file_;
 };
 
 }  // namespace fsdp::checkpoint
