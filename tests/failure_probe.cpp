@@ -6,9 +6,16 @@
 //   --stall-preflight-on-rank R
 //                         rank R's preflight takes 60 s; the others must give up
 //                         after --collective-timeout and abort the job
+//   --stall-launch-on-rank R
+//                         rank R (OMPI_COMM_WORLD_RANK) sleeps 60 s before MPI_Init,
+//                         as a process stopped at launch; the others must give up
+//                         after --collective-timeout and end the job
 #include <chrono>
+#include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <stdexcept>
+#include <string>
 #include <thread>
 
 #include <mpi.h>
@@ -18,10 +25,19 @@
 namespace po = boost::program_options;
 
 int main(int argc, char** argv) {
+  // Before run_program, so before MPI exists: the launcher's variable says the rank.
+  const char* launched_rank = std::getenv("OMPI_COMM_WORLD_RANK");
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (std::strcmp(argv[i], "--stall-launch-on-rank") == 0 && launched_rank != nullptr &&
+        std::string(launched_rank) == argv[i + 1]) {
+      std::this_thread::sleep_for(std::chrono::seconds(60));
+    }
+  }
   po::options_description options("Failure probe");
   options.add_options()("throw-on-rank", po::value<int>()->default_value(-1), "rank that throws")(
       "skip-on-rank", po::value<int>()->default_value(-1), "rank that skips a collective")(
-      "stall-preflight-on-rank", po::value<int>()->default_value(-1), "rank whose preflight hangs");
+      "stall-preflight-on-rank", po::value<int>()->default_value(-1), "rank whose preflight hangs")(
+      "stall-launch-on-rank", po::value<int>()->default_value(-1), "rank that starts late");
   fsdp::launch::ProgramInfo info{"failure-probe", "fails on purpose",
                                  "mpirun -np N failure-probe [options]", nullptr, ""};
   info.preflight = [](const po::variables_map& values, int) {

@@ -91,6 +91,11 @@ fsdp_add_program_test(rank_failure_aborts_job EXIT nonzero TIMEOUT 60
 fsdp_add_program_test(preflight_peer_times_out EXIT nonzero TIMEOUT 60
                       COMMAND ${FSDP_MPIRUN} -np 2 ${probe} --stall-preflight-on-rank 1 --collective-timeout 2
                       OUTPUT "failure-probe: preflight: the ranks did not all arrive within 2.0+ s")
+# A rank stopped before MPI_Init: the others wait in MPI_Init or the topology
+# exchange, which have no timeout of their own (deadline_watchdog.h).
+fsdp_add_program_test(launch_peer_times_out EXIT nonzero TIMEOUT 60
+                      COMMAND ${FSDP_MPIRUN} -np 2 ${probe} --stall-launch-on-rank 1 --collective-timeout 2
+                      OUTPUT "fatal: MPI bootstrap \\(MPI_Init and the topology exchange\\) did not finish within 2.0 s")
 fsdp_add_program_test(missing_peer_times_out EXIT nonzero TIMEOUT 60
                       COMMAND ${FSDP_MPIRUN} -np 2 ${probe} --skip-on-rank 1 --collective-timeout 2
                       OUTPUT "all_reduce\\(sum\\) of 1 int32 on rank 0/2 .* did not complete within 2")

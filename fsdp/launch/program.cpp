@@ -24,7 +24,8 @@ po::options_description common_options() {
       "collectives: auto (NCCL when every rank has a GPU of its own, else MPI), mpi, nccl")(
       "collective-timeout", po::value<double>()->default_value(600.0),
       "seconds a rank waits for its peers in one collective before the job is aborted "
-      "(a hung or crashed peer, or collectives issued in a different order)");
+      "(a hung or crashed peer, or collectives issued in a different order); it bounds the "
+      "MPI bootstrap and the preflight agreement too");
   return options;
 }
 
@@ -47,6 +48,22 @@ void agree_within(int* value, std::chrono::milliseconds timeout, Runtime& runtim
                         " s (--collective-timeout): a peer rank is stuck or has died before it");
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+// --collective-timeout, read before MPI is initialized: it bounds the
+// bootstrap too. A missing or invalid value gives the default here; the full
+// parse reports an invalid one.
+std::chrono::milliseconds bootstrap_timeout(int argc, char** argv) {
+  try {
+    po::variables_map values;
+    po::store(
+        po::command_line_parser(argc, argv).options(common_options()).allow_unregistered().run(),
+        values);
+    po::notify(values);
+    return runtime_options_from(values).collective_timeout;
+  } catch (const std::exception&) {
+    return kDefaultCollectiveTimeout;
   }
 }
 
@@ -80,7 +97,7 @@ RuntimeOptions runtime_options_from(const po::variables_map& values) {
 
 int run_program(int argc, char** argv, const ProgramInfo& info,
                 po::options_description program_options, const ProgramBody& body) {
-  Runtime runtime(&argc, &argv);
+  Runtime runtime(&argc, &argv, bootstrap_timeout(argc, argv));
   po::options_description all(info.name + " options");
   all.add(program_options).add(common_options());
 

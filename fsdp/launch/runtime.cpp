@@ -12,6 +12,7 @@
 
 #include "fsdp/communication_checks.h"
 #include "fsdp/launch/cuda_devices.h"
+#include "fsdp/launch/deadline_watchdog.h"
 
 #if FSDP_WITH_NCCL
 #include "fsdp/nccl_process_group.h"
@@ -21,7 +22,11 @@
 
 namespace fsdp::launch {
 
-Runtime::Runtime(int* argc, char*** argv) {
+Runtime::Runtime(int* argc, char*** argv, std::chrono::milliseconds bootstrap_timeout) {
+  // MPI_Init waits for the launcher and every peer; the topology below is
+  // collective. Neither has a timeout of its own.
+  DeadlineWatchdog watchdog("MPI bootstrap (MPI_Init and the topology exchange)",
+                            bootstrap_timeout);
   int provided = 0;
   FSDP_MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided));
   FSDP_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
@@ -80,6 +85,9 @@ void Runtime::connect(const RuntimeOptions& options) {
   if (options.backend == BackendChoice::kMpi) return;
 
   // Every rank learns the facts (a driver too old throws here, on that rank).
+  // The device exchange is collective and has no timeout of its own.
+  DeadlineWatchdog watchdog("Runtime::connect (the device exchange, NCCL setup)",
+                            options.collective_timeout);
   const int device_count = cuda_device_count();
   const int device = chosen_device(local_rank_, device_count);
   const std::string uuid = device >= 0 ? cuda_device_uuid(device) : std::string();

@@ -9,6 +9,7 @@
 // wraps main so that any rank's failure ends the whole job with its message.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -29,8 +30,12 @@ class Runtime {
   // Initialises MPI with MPI_THREAD_MULTIPLE and learns the topology. Local
   // rank comes from MPI's shared-memory split (MPI_COMM_TYPE_SHARED), not from
   // a launcher's environment variable, so it is right under any launcher.
+  // When MPI_Init and the topology exchange have not finished within
+  // `bootstrap_timeout` (a peer stopped or hung at launch), the process ends
+  // with a message (deadline_watchdog.h) instead of waiting forever.
   // REQUIRES: one Runtime per process.
-  Runtime(int* argc, char*** argv);
+  explicit Runtime(int* argc, char*** argv,
+                   std::chrono::milliseconds bootstrap_timeout = kDefaultCollectiveTimeout);
   // Destroys the process groups, then finalises MPI.
   ~Runtime();
   Runtime(const Runtime&) = delete;
@@ -40,8 +45,9 @@ class Runtime {
   // bootstrap), plus an NCCL group when the backend resolves to NCCL
   // (backend_choice.h), for which this rank binds CUDA device local_rank %
   // visible devices. Under BackendChoice::kMpi no CUDA call is made.
-  // Collective. Throws ConfigurationError when NCCL is requested but
-  // impossible, or the NVIDIA driver is too old.
+  // Collective; its device exchange ends the job after
+  // options.collective_timeout like the bootstrap. Throws ConfigurationError
+  // when NCCL is requested but impossible, or the NVIDIA driver is too old.
   void connect(const RuntimeOptions& options);
 
   int rank() const { return rank_; }

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Builds the runtime with AddressSanitizer and UndefinedBehaviorSanitizer
+# (g++, FSDP_SANITIZE=address,undefined) into build-sanitize/ and runs the
+# tests that reach the code untrusted input reaches: every unit test (the fuzz
+# corpus replays among them), the checkpoint and HF tests, and shard-inspect's.
+# Any sanitizer report fails the test it happens in. CI runs it after
+# scripts/test.sh. Extra arguments go to ctest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh >/dev/null  # packages, build/python
+if [ ! -f build-sanitize/CMakeCache.txt ]; then
+  # -O1: sanitized code stays fast enough for the multi-rank tests, and
+  # compiles faster than the release build's -O3.
+  cmake -S . -B build-sanitize -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" -DFSDP_SANITIZE=address,undefined \
+    -DFSDP_BUILD_BENCHMARKS=OFF -DFSDP_ENABLE_CUDA=OFF \
+    -DFSDP_PYTHON="$PWD/build/python/bin/python" >/dev/null
+fi
+cmake --build build-sanitize -j "$(nproc)"
+
+# Leaks inside Open MPI and libtorch are theirs (tests/sanitizer/lsan.supp);
+# ours are reported.
+export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1"
+export LSAN_OPTIONS="suppressions=$PWD/tests/sanitizer/lsan.supp:print_suppressions=0"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+cd build-sanitize
+ctest --output-on-failure -L unit "$@"
+ctest --output-on-failure -R 'distributed_checkpoint|hf_import|hf_config|shard_inspect|safetensors' \
+  -LE unit "$@"
