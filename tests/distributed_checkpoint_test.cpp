@@ -457,7 +457,8 @@ TEST(DistributedCheckpointErrors, NeverReplacesADirectoryThatIsNotACheckpoint) {
         checkpoint::save_checkpoint(directory / "precious", trained.model->stages(), nullptr,
                                     checkpoint::SaveOptions{});
       },
-      {"precious", "is not a checkpoint", "refusing to replace"});
+      {"precious holds files this runtime did not write (data.bin)",
+       "save the checkpoint elsewhere"});
   EXPECT_EQ(file_bytes(directory / "precious" / "data.bin"), "keep");
   // And a checkpoint without optimizer state cannot restore an optimizer.
   checkpoint::save_checkpoint(directory / "weights_only", trained.model->stages(), nullptr,

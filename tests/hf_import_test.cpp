@@ -485,7 +485,8 @@ TEST(HfExportErrors, NeverReplacesADirectoryThatIsNotACheckpoint) {
         checkpoint::export_hf_checkpoint(precious, models::llama_conversion_rules(broken.config),
                                          model->stages());
       },
-      {"precious", "refusing to replace"});
+      {"precious holds files this runtime did not write (notes.txt)",
+       "not a HuggingFace checkpoint", "export elsewhere"});
   EXPECT_EQ(file_bytes(precious / "notes.txt"), "keep me");
 }
 

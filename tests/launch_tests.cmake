@@ -68,7 +68,7 @@ file(MAKE_DIRECTORY ${train_dir}/with_user_files)
 file(WRITE ${train_dir}/with_user_files/eval.txt "results of my own")
 fsdp_add_program_test(train_checkpoint_dir_with_user_files EXIT 2
                       COMMAND ${FSDP_MPIRUN} -np 2 ${train} --checkpoint-dir ${train_dir}/with_user_files
-                      ONCE "with_user_files exists and is not a checkpoint \\(no index.json\\)"
+                      ONCE "with_user_files holds files this runtime did not write \\(eval.txt\\)"
                       FORBID "step 1/")
 fsdp_add_program_test(train_stop_after_without_checkpoint EXIT 2
                       COMMAND ${FSDP_MPIRUN} -np 2 ${train} --stop-after 5 --no-checkpoint

@@ -189,8 +189,9 @@ Attempt plan_parameter(const ParameterSlot& slot, const ConversionRule& rule,
       }
       const auto in_block = source.transposed ? swap_last_two(piece.shape) : piece.shape;
       piece.numel = product(in_block, 0, in_block.size());
-      shapes_seen +=
-          (shapes_seen.empty() ? "" : ", ") + piece.key + " " + format_shape(piece.shape);
+      shapes_seen += (shapes_seen.empty() ? "" : ", ") + piece.key + " " +
+                     format_shape(piece.shape) +
+                     (piece.source.file != nullptr ? " in " + piece.source.file->path() : "");
       if (rule.reshapes()) {
         if (piece.shape != rule.stored_shape || piece.numel != block_numel) {
           throw CheckpointError(tensor_named + " " + format_shape(piece.shape) + ", but " + where +

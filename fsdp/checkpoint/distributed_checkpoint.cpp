@@ -262,18 +262,16 @@ void check_save_directory(const fs::path& requested) {
   if (!fs::is_directory(directory, error)) {
     throw CheckpointError(directory.string() + " exists and is not a directory");
   }
+  std::vector<std::string> foreign;
+  for (const auto& name : directory_entries(directory)) {
+    if (name != kCheckpointIndexFileName && !is_rank_file_name(name)) foreign.push_back(name);
+  }
+  refuse_to_lose(directory, foreign, "move them out, or save the checkpoint elsewhere");
+  // Only rank files: an interrupted save of someone's checkpoint, not ours to replace.
   if (!fs::exists(directory / kCheckpointIndexFileName, error) && !fs::is_empty(directory, error)) {
     throw CheckpointError(directory.string() + " exists and is not a checkpoint (no " +
                           kCheckpointIndexFileName + "); refusing to replace it");
   }
-  std::vector<std::string> foreign;
-  for (const auto& entry : fs::directory_iterator(directory, error)) {
-    const std::string name = entry.path().filename().string();
-    if (name == kCheckpointIndexFileName || is_rank_file_name(name)) continue;
-    foreign.push_back(name + (entry.is_directory(error) ? "/" : ""));
-  }
-  std::sort(foreign.begin(), foreign.end());
-  refuse_to_lose(directory, foreign, "move them out, or save the checkpoint elsewhere");
 }
 
 void save_checkpoint(const fs::path& requested, const std::vector<Fsdp*>& stages,

@@ -148,22 +148,30 @@ std::filesystem::path resolve_directory_link(const std::filesystem::path& direct
   return target;
 }
 
+std::vector<std::string> directory_entries(const std::filesystem::path& directory) {
+  std::vector<std::string> names;
+  std::error_code error;
+  if (!std::filesystem::is_directory(directory, error)) return names;
+  for (const auto& entry : std::filesystem::directory_iterator(directory, error)) {
+    names.push_back(entry.path().filename().string() + (entry.is_directory(error) ? "/" : ""));
+  }
+  if (error) {
+    throw CheckpointError("cannot list " + directory.string() + ": " + error.message());
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
 std::vector<std::string> entries_lost_by_replacing(const std::filesystem::path& current,
                                                    const std::filesystem::path& replacement) {
   std::vector<std::string> lost;
   std::error_code error;
-  if (!std::filesystem::is_directory(current, error)) return lost;
-  for (const auto& entry : std::filesystem::directory_iterator(current, error)) {
-    const auto name = entry.path().filename();
-    if (std::filesystem::exists(std::filesystem::symlink_status(replacement / name, error))) {
-      continue;
+  for (const auto& shown : directory_entries(current)) {
+    const auto name = shown.back() == '/' ? shown.substr(0, shown.size() - 1) : shown;
+    if (!std::filesystem::exists(std::filesystem::symlink_status(replacement / name, error))) {
+      lost.push_back(shown);
     }
-    lost.push_back(name.string() + (entry.is_directory(error) ? "/" : ""));
   }
-  if (error) {
-    throw CheckpointError("cannot list " + current.string() + ": " + error.message());
-  }
-  std::sort(lost.begin(), lost.end());
   return lost;
 }
 

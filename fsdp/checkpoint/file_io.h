@@ -71,6 +71,10 @@ std::filesystem::path file_inside(const std::filesystem::path& directory, const 
 // leaving the link as it was. Throws CheckpointError for a dangling link.
 std::filesystem::path resolve_directory_link(const std::filesystem::path& directory);
 
+// The names in `directory`, sorted, a "/" after each directory's; empty when
+// `directory` is not a directory. Throws CheckpointError when it cannot be listed.
+std::vector<std::string> directory_entries(const std::filesystem::path& directory);
+
 // The entries of `current` that `replacement` lacks (subdirectories with a
 // trailing "/"), sorted: what replacing `current` with `replacement` would
 // delete. Empty when `current` does not exist.

@@ -118,12 +118,16 @@ at::Tensor gather_tensor(const OutputTensor& tensor, const std::vector<Fsdp*>& s
 void check_export_directory(const fs::path& requested) {
   const auto directory = resolve_directory_link(requested);
   std::error_code error;
-  if (fs::exists(directory, error) && !fs::exists(directory / kHfSingleFileName, error) &&
-      !fs::exists(directory / kHfIndexFileName, error) &&
-      !(fs::is_directory(directory, error) && fs::is_empty(directory, error))) {
-    throw CheckpointError(directory.string() +
-                          " exists and is not a HuggingFace checkpoint; refusing to replace it");
+  if (!fs::exists(directory, error) || fs::exists(directory / kHfSingleFileName, error) ||
+      fs::exists(directory / kHfIndexFileName, error)) {
+    return;  // the export replaces our files and keeps the others (write_companions)
   }
+  if (!fs::is_directory(directory, error)) {
+    throw CheckpointError(directory.string() + " exists and is not a directory");
+  }
+  refuse_to_lose(directory, directory_entries(directory),
+                 "it is not a HuggingFace checkpoint (no " + std::string(kHfSingleFileName) +
+                     " or " + std::string(kHfIndexFileName) + "); export elsewhere");
 }
 
 void export_hf_checkpoint(const fs::path& requested, const ConversionRules& rules,

@@ -38,7 +38,8 @@ struct ExportOptions {
 };
 
 // Throws CheckpointError when `directory` exists and is neither empty nor an
-// HF checkpoint (export refuses to replace it). For checking before a long run.
+// HF checkpoint (export refuses to replace it), listing what it holds. For
+// checking before a long run.
 void check_export_directory(const std::filesystem::path& directory);
 
 // Collective over the stages' group. Throws a CheckpointError on every rank,

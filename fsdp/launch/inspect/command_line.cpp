@@ -130,8 +130,8 @@ int run(const std::vector<std::string>& arguments, std::ostream& out) {
   if (paths.size() != 1) {
     throw UsageError(paths.empty()
                          ? "no checkpoint given (shard-inspect DIR [options])"
-                         : "one checkpoint at a time (got " + std::to_string(paths.size()) +
-                               "); compare two with DIR --diff OTHER");
+                         : "unexpected argument '" + paths[1].substr(0, 80) +
+                               "': one checkpoint at a time; compare two with DIR --diff OTHER");
   }
   const int views =
       static_cast<int>(values.count("param") + values.count("where") + values.count("diff"));
