@@ -179,3 +179,11 @@ add_test(NAME subdirectory_consumer
                  -DFSDP_SOURCE_DIR=${PROJECT_SOURCE_DIR})
 set_tests_properties(subdirectory_consumer PROPERTIES LABELS program TIMEOUT 300
                      PASS_REGULAR_EXPRESSION "subdirectory consumer: fsdp::fsdp and nothing global")
+
+# Every refusal the readers promise, against the programs: hostile files,
+# traversal, FIFOs, numbers out of range, outputs holding a user's files
+# (tests/hostile_inputs.py prints the table of outcomes).
+add_test(NAME hostile_inputs
+         COMMAND ${FSDP_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/hostile_inputs.py
+                 $<TARGET_FILE_DIR:fsdp-train> ${FSDP_MPIRUN} ${CMAKE_CURRENT_BINARY_DIR}/hostile_inputs)
+set_tests_properties(hostile_inputs PROPERTIES LABELS program PROCESSORS 2 TIMEOUT 900)

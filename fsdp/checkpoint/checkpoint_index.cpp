@@ -38,6 +38,15 @@ T field(const json& object, const char* name, const std::string& context) {
   }
 }
 
+// The string `name` of `object`, or "" when either is something else: for
+// fields compared with one expected value (json::value() would throw a
+// type_error, without the file's name, on a hostile type).
+std::string string_or_empty(const json& object, const char* name) {
+  if (!object.is_object()) return {};
+  const auto found = object.find(name);
+  return found != object.end() && found->is_string() ? found->get<std::string>() : std::string();
+}
+
 // An integer field inside [minimum, maximum]: JSON numbers are taken on no
 // trust (4294967299 must not read as 3, -1 not as a size).
 std::int64_t integer_in(const json& value, std::int64_t minimum, std::int64_t maximum,
@@ -83,7 +92,7 @@ CheckpointIndex parse_checkpoint_index(std::string_view text, const fs::path& di
                                        const std::string& source) {
   const std::string& context = source;
   const json root = parse_untrusted_json(text, source);  // bounded depth
-  if (!root.is_object() || root.value(key::kFormat, std::string()) != kCheckpointFormat) {
+  if (!root.is_object() || string_or_empty(root, key::kFormat) != kCheckpointFormat) {
     throw CheckpointError(context + ": not an " + std::string(kCheckpointFormat) + " index");
   }
   const auto version = integer(root, key::kFormatVersion, 0, 1 << 20, context);
@@ -109,11 +118,21 @@ CheckpointIndex parse_checkpoint_index(std::string_view text, const fs::path& di
     record.shard_dtype = field<std::string>(stage, key::kShardDtype, stage_context);
     record.unpadded_numel = integer(stage, key::kUnpaddedNumel, 0, kMaxCount, stage_context);
     record.shard_numel = integer(stage, key::kShardNumel, 0, kMaxCount, stage_context);
-    // Both bounded by 2^56 and 2^24: the product cannot overflow.
-    if (record.shard_numel * index.world_size < record.unpadded_numel) {
+    // Divided, not multiplied: 2^56 elements times 2^24 ranks overflows
+    // int64 (undefined behaviour, found by the fuzzer's sanitizers).
+    const std::int64_t needed_per_rank =
+        (record.unpadded_numel + index.world_size - 1) / index.world_size;
+    if (record.shard_numel < needed_per_rank) {
       throw CheckpointError(stage_context + ": " + std::to_string(index.world_size) +
                             " shards of " + std::to_string(record.shard_numel) +
                             " elements cannot hold " + std::to_string(record.unpadded_numel));
+    }
+    // Readers compute rank * shard_numel: all shards together stay below kMaxCount.
+    if (record.shard_numel > kMaxCount / index.world_size) {
+      throw CheckpointError(stage_context + ": " + std::to_string(index.world_size) +
+                            " shards of " + std::to_string(record.shard_numel) +
+                            " elements are more than any checkpoint holds (at most " +
+                            std::to_string(kMaxCount) + " in all)");
     }
     for (const auto& parameter : field<json>(stage, key::kParameters, stage_context)) {
       ParameterSpec spec;
@@ -157,7 +176,7 @@ CheckpointIndex parse_checkpoint_index(std::string_view text, const fs::path& di
     record.world_size = index.world_size;
     record.bytes = integer(file, key::kBytes, 0, kMaxCount, context + ": file " + record.name);
     const auto checksum = field<json>(file, key::kChecksum, context + ": file " + record.name);
-    if (checksum.value(key::kAlgorithm, std::string()) != kChecksumAlgorithm) {
+    if (string_or_empty(checksum, key::kAlgorithm) != kChecksumAlgorithm) {
       throw CheckpointError(context + ": file " + record.name + ": checksum algorithm must be " +
                             kChecksumAlgorithm);
     }

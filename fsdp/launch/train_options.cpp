@@ -137,13 +137,19 @@ void take_model_from_resumed_hf_run(TrainOptions& options) {
   }
   if (!saved.is_object() || !saved.contains("training") || !saved.contains("model")) return;
   const auto& training = saved.at("training");
-  const std::string preset = training.value("preset", "");
-  if (preset.rfind("hf ", 0) != 0) return;
+  // Anything malformed is left to preflight_training(), which names the file.
+  const auto preset = training.is_object() ? training.find("preset") : training.end();
+  if (preset == training.end() || !preset->is_string() ||
+      preset->get<std::string>().rfind("hf ", 0) != 0) {
+    return;
+  }
   options.model = models::llama_config_from_json(saved.at("model"));
   options.model.max_sequence = options.sequence_length;
-  options.preset = preset;
+  options.preset = preset->get<std::string>();
   options.hf_config = training.value("hf_config", nlohmann::json());
-  options.hf_directory = training.value("hf_directory", "");
+  const auto directory = training.find("hf_directory");
+  options.hf_directory =
+      directory != training.end() && directory->is_string() ? directory->get<std::string>() : "";
 }
 
 // The data options; opens --data (its headers, not its tokens) for the
