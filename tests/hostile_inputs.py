@@ -378,6 +378,47 @@ def _():
     return init_from_hf(directory)
 
 
+# Token files for --data (written as NumPy writes them, then broken).
+def npy(header_dict: str, payload: bytes, magic=b"\x93NUMPY\x01\x00") -> bytes:
+    header = header_dict.encode()
+    header += b" " * (-(len(magic) + 2 + len(header) + 1) % 64) + b"\n"
+    return magic + struct.pack("<H", len(header)) + header + payload
+
+
+def train_on(path):
+    return TRAIN + MODEL + ["--steps", "1", "--no-checkpoint", "--data", str(path)]
+
+
+@case("--data of float tokens", ["floats.npy", "dtype '<f4'"])
+def _():
+    path = work / "floats.npy"
+    path.write_bytes(npy("{'descr': '<f4', 'fortran_order': False, 'shape': (64,), }",
+                         b"\0" * 256))
+    return train_on(path)
+
+
+@case("--data shorter than its header says", ["short.npy", "its header says 100000"])
+def _():
+    path = work / "short.npy"
+    path.write_bytes(npy("{'descr': '<u2', 'fortran_order': False, 'shape': (100000,), }",
+                         b"\0" * 256))
+    return train_on(path)
+
+
+@case("--data header not NumPy's", ["garbage.npy", "not a token file NumPy wrote"])
+def _():
+    path = work / "garbage.npy"
+    path.write_bytes(npy("{'descr': __import__('os'), }", b""))
+    return train_on(path)
+
+
+@case("--data a FIFO", ["tokens.bin", "not a regular file"])
+def _():
+    path = work / "tokens.bin"
+    os.mkfifo(path)
+    return train_on(path) + ["--data-dtype", "uint16"]
+
+
 # Outputs that hold a user's files: refused before training, nothing deleted.
 @case("--export-hf into a directory with the user's tokenizer",
       ["export-target holds files this runtime did not write (notes.txt, tokenizer.json)"], keep=["export-target/tokenizer.json", "export-target/notes.txt"])

@@ -5,6 +5,7 @@
 // epoch that depends only on (seed, epoch), and a file far larger than the
 // rows read does not enter the resident set.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -183,6 +184,13 @@ TEST_F(TokenData, BadFilesAreRefusedNamingFileAndProblem) {
   }
   EXPECT_NE(refuse_npy("cut.npy").find("cut.npy: not a token file NumPy wrote: the file ends "
                                        "inside its header"),
+            std::string::npos);
+
+  // A FIFO is refused at once: opening it for reading used to wait for a writer forever.
+  ASSERT_EQ(mkfifo(path("fifo.bin").c_str(), 0600), 0);
+  EXPECT_NE(refusal([&] {
+              TokenFile::open(path("fifo.bin"), TokenDtype::kUint16);
+            }).find("fifo.bin: not a regular file"),
             std::string::npos);
 
   write_npy<std::uint16_t>(path("short.npy"), std::vector<std::uint16_t>(48), "<u2");

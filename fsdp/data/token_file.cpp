@@ -236,14 +236,17 @@ TokenFile TokenFile::open(const fs::path& path, std::optional<TokenDtype> raw_dt
                     ": a raw token file needs its dtype (--data-dtype uint16, uint32, int32 or "
                     "int64); NumPy files (.npy) say theirs");
   }
-  const int descriptor = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer
+  // forever; it is refused below like any file that is not regular.
+  const int descriptor = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (descriptor < 0) {
     throw DataError(path.string() + ": cannot open: " + std::strerror(errno));
   }
   struct stat status {};
   if (fstat(descriptor, &status) != 0 || !S_ISREG(status.st_mode)) {
     ::close(descriptor);
-    throw DataError(path.string() + ": not a regular file");
+    throw DataError(path.string() + ": not a regular file" +
+                    (S_ISDIR(status.st_mode) ? std::string(" (a directory)") : std::string()));
   }
   const auto size = static_cast<std::int64_t>(status.st_size);
   if (size > 0) {
