@@ -23,10 +23,13 @@ reader_tests=(distributed_checkpoint_test hf_import_test shard_inspect_test shar
 cmake --build build-sanitize -j "$(nproc)" --target unit_tests "${reader_tests[@]}"
 
 # Leaks inside Open MPI and libtorch are theirs (tests/sanitizer/lsan.supp);
-# ours are reported.
-export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1"
+# ours are reported. Open MPI's plugins are unloaded before LeakSanitizer
+# reports, so their frames only match with full stacks (fast_unwind_on_malloc=0,
+# slower: the multi-rank tests run at 1 and 2 ranks here, 1 to 4 in test.sh).
+export ASAN_OPTIONS="detect_leaks=1:fast_unwind_on_malloc=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1"
 export LSAN_OPTIONS="suppressions=$PWD/tests/sanitizer/lsan.supp:print_suppressions=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 cd build-sanitize
 ctest --output-on-failure -L unit "$@"
-ctest --output-on-failure -R 'distributed_checkpoint|hf_import|shard_inspect|hostile_inputs' -LE unit "$@"
+ctest --output-on-failure -LE unit \
+  -R '^((distributed_checkpoint|hf_import|shard_inspect)_test_np[12]|shard_inspect_.*|hostile_inputs)$' "$@"

@@ -187,3 +187,9 @@ add_test(NAME hostile_inputs
          COMMAND ${FSDP_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/hostile_inputs.py
                  $<TARGET_FILE_DIR:fsdp-train> ${FSDP_MPIRUN} ${CMAKE_CURRENT_BINARY_DIR}/hostile_inputs)
 set_tests_properties(hostile_inputs PROPERTIES LABELS program PROCESSORS 2 TIMEOUT 900)
+
+# Stopping on a signal or a time limit, with a checkpoint, and resuming exactly.
+add_test(NAME train_stop
+         COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/train_stop.sh ${FSDP_MPIRUN}
+                 $<TARGET_FILE:fsdp-train> ${CMAKE_CURRENT_BINARY_DIR}/train_stop)
+set_tests_properties(train_stop PROPERTIES LABELS program PROCESSORS 2 TIMEOUT 600)

@@ -127,6 +127,32 @@ TEST(ShardedAdamW, MatchesUnshardedTorchAdamWWithGlobalNormClipping) {
   EXPECT_EQ(optimizer.state_bytes(), 2 * layout.shard_numel() * 4);
 }
 
+// A NaN or Inf gradient on one rank skips the step on every rank: nothing in
+// the weights, the moments or the step count changes (clipping alone would
+// scale by min(1, max / NaN) = 1 and write NaN everywhere).
+TEST(ShardedAdamW, NonFiniteGradientsSkipTheStepEverywhere) {
+  auto group = testing::runtime().process_group();
+  Fsdp stage("decoder.0", model_parameters(), group, FsdpOptions{});
+  stage.initialize_weights(kSeed);
+  ShardedAdamWOptions options;
+  options.max_gradient_norm = 1.0;
+  ShardedAdamW optimizer({&stage}, options);
+  stage.gradient_shard().fill_(0.5);
+  optimizer.step(1e-2);
+  const at::Tensor weights = stage.weight_shard().clone();
+  const at::Tensor moment = optimizer.exp_avg(0).clone();
+  for (const float bad : {std::nanf(""), INFINITY}) {
+    stage.gradient_shard().fill_(0.5);
+    // Only rank 0 sees it (its first element is data, never padding): the
+    // global norm carries it to the others.
+    if (group->rank() == 0) stage.gradient_shard()[0] = bad;
+    EXPECT_FALSE(std::isfinite(optimizer.step(1e-2)));
+    EXPECT_TRUE(at::equal(stage.weight_shard(), weights));
+    EXPECT_TRUE(at::equal(optimizer.exp_avg(0), moment));
+    EXPECT_EQ(optimizer.steps_taken(), 1);
+  }
+}
+
 TEST(ShardedAdamW, RefusesShardsThatAreNotFloat32) {
   FsdpOptions fsdp_options;
   fsdp_options.shard_dtype = at::kBFloat16;

@@ -7,6 +7,7 @@
 
 #include "fsdp/checkpoint/distributed_checkpoint.h"
 #include "fsdp/data/data_error.h"
+#include "fsdp/launch/stop_signals.h"
 #include "fsdp/launch/training_data.h"
 #include "fsdp/models/hf_config.h"
 #include "fsdp/models/hf_model_io.h"
@@ -198,6 +199,15 @@ po::options_description train_options_description() {
       "stop-after", po::value<std::int64_t>()->default_value(0),
       "end this run after this step, saving a checkpoint (for time-limited jobs: the schedule "
       "still spans --steps, and --resume carries on)")(
+      "stop-signals", po::value<std::string>()->default_value("TERM,USR1"),
+      "signals that stop the run cleanly: the ranks agree within a step, save a checkpoint and "
+      "exit 0 (for SLURM's --signal=USR1@120 or a preemption's SIGTERM); empty: none")(
+      "time-limit", po::value<double>()->default_value(0),
+      "minutes this run may take: it stops with a checkpoint before then, allowing one step and "
+      "the last save's time (0: no limit)")(
+      "max-skipped-steps", po::value<std::int64_t>()->default_value(10),
+      "steps with a non-finite loss or gradient norm are skipped (nothing updated); more than "
+      "this many end the run with an error")(
       "batch", po::value<std::int64_t>()->default_value(24),
       "global batch: sequences per step over all ranks, split evenly (so the same --seed gives "
       "the same losses at every world size that divides it)")(
@@ -294,6 +304,18 @@ TrainOptions train_options_from(const po::variables_map& values, int world_size)
 
   options.steps = at_least<std::int64_t>(values, "steps", 1);
   options.stop_after = at_least<std::int64_t>(values, "stop-after", 0);
+  options.stop_signals = values["stop-signals"].as<std::string>();
+  try {
+    parse_stop_signals(options.stop_signals);
+  } catch (const std::invalid_argument& error) {
+    refuse("stop-signals", options.stop_signals, error.what());
+  }
+  options.time_limit_minutes = values["time-limit"].as<double>();
+  if (!(options.time_limit_minutes >= 0 && options.time_limit_minutes <= 1e7)) {
+    refuse("time-limit", options.time_limit_minutes,
+           "expected minutes from 0 (no limit) to 10000000");
+  }
+  options.max_skipped_steps = at_least<std::int64_t>(values, "max-skipped-steps", 0);
   if (options.stop_after > options.steps) {
     refuse("stop-after", std::to_string(options.stop_after),
            "expected at most --steps " + std::to_string(options.steps));

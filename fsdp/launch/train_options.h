@@ -26,6 +26,13 @@ struct TrainOptions {
   // job with a time limit would; the schedule still spans `steps`, so a
   // --resume continues exactly where an uninterrupted run would be.
   std::int64_t stop_after = 0;
+  // Stop cleanly (a checkpoint, exit 0) on these signals (stop_signals.h), or
+  // before `time_limit_minutes` (0: none) would pass, allowing for the save.
+  std::string stop_signals = "TERM,USR1";
+  double time_limit_minutes = 0;
+  // Steps whose loss or gradient norm is not finite update nothing; more
+  // than this many in a run end it with an error.
+  std::int64_t max_skipped_steps = 10;
   std::int64_t batch = 24;         // global: sequences per step over all ranks
   std::int64_t micro_batches = 1;  // per rank and step; gradients accumulate
   std::int64_t sequence_length = 48;

@@ -19,9 +19,11 @@
 #include "fsdp/checkpoint/hf_export.h"
 #include "fsdp/checkpoint/hf_import.h"
 #include "fsdp/data/data_error.h"
+#include "fsdp/errors.h"
 #include "fsdp/inspector.h"
 #include "fsdp/launch/cpu_compute.h"
 #include "fsdp/launch/evaluation.h"
+#include "fsdp/launch/stop_signals.h"
 #include "fsdp/launch/training_data.h"
 #include "fsdp/models/hf_config.h"
 #include "fsdp/models/hf_model_io.h"
@@ -123,24 +125,41 @@ class Training {
     const std::int64_t last_step = options_.stop_after > 0 ? options_.stop_after : options_.steps;
     if (eval_data_) evaluate(first_step - 1);
     const auto start = Clock::now();
-    for (std::int64_t step = first_step; step <= last_step; ++step) {
-      const double loss = train_step(step);
-      losses_.push_back(loss);
+    StopSignals signals(parse_stop_signals(options_.stop_signals));
+    std::int64_t stopped_at = 0;
+    std::int64_t step = first_step;
+    for (; step <= last_step; ++step) {
+      const StepOutcome outcome = train_step(step, stop_vote(signals, start));
+      if (!outcome.skipped) losses_.push_back(outcome.loss);
       if (step % options_.log_interval == 0 || step == last_step || step == first_step) {
-        report_progress(step, first_step, last_step, loss, seconds_since(start));
+        report_progress(step, first_step, last_step, outcome.loss, seconds_since(start));
       }
       if (eval_data_ && (step == last_step ||
                          (options_.eval_interval > 0 && step % options_.eval_interval == 0))) {
         evaluate(step);
       }
-      const bool last = step == last_step;
+      const bool last = step == last_step || outcome.stop;
       if (!options_.checkpoint_dir.empty() &&
           (last ||
            (options_.checkpoint_interval > 0 && step % options_.checkpoint_interval == 0))) {
         save(step);
       }
+      if (outcome.stop && step < last_step) {
+        stopped_at = step;
+        break;
+      }
     }
     const double seconds = seconds_since(start);
+    if (stopped_at > 0) {
+      say("stopped after step " + std::to_string(stopped_at) + " of " +
+          std::to_string(options_.steps) + " (" + stop_reason_ + "); " +
+          (options_.checkpoint_dir.empty()
+               ? std::string("no checkpoint (--no-checkpoint): this run's steps are lost")
+               : "resume with --resume --checkpoint-dir " + options_.checkpoint_dir) +
+          (options_.export_hf.empty() ? "" : "; --export-hf waits for the end of the run"));
+      summarize(first_step, stopped_at, seconds);
+      return 0;
+    }
     if (!options_.export_hf.empty()) export_hf();
     for (const auto& name : options_.inspect) inspect(name);
     summarize(first_step, last_step, seconds);
@@ -238,7 +257,35 @@ class Training {
         mebibytes(progress.bytes_total) + ", " + format("%.1f s", progress.seconds));
   }
 
-  double train_step(std::int64_t step) {
+  struct StepOutcome {
+    double loss = 0;       // the mean over ranks
+    bool skipped = false;  // the loss or the gradient norm was not finite: nothing updated
+    bool stop = false;     // some rank asked to stop after this step
+  };
+
+  // 1 when this rank wants the run to stop after this step: a stop signal
+  // arrived, or the time limit would pass before one more step and a save.
+  double stop_vote(const StopSignals& signals, Clock::time_point start) {
+    if (const int signal = signals.received()) {
+      if (stop_reason_.empty()) {
+        // Said by the rank that got it: the others only learn that someone did.
+        std::cerr << "[fsdp rank " << runtime_.rank() << "] received " << signal_name(signal)
+                  << ": stopping after this step" << std::endl;
+        stop_reason_ =
+            "a stop signal, " + signal_name(signal) + " on rank " + std::to_string(runtime_.rank());
+      }
+      return 1;
+    }
+    if (options_.time_limit_minutes <= 0) return 0;
+    const double elapsed = seconds_since(setup_start_);
+    const double steps_done = static_cast<double>(std::max<std::size_t>(losses_.size(), 1));
+    const double per_step = losses_.empty() ? 0 : seconds_since(start) / steps_done;
+    if (elapsed + 2 * per_step + last_save_seconds_ < options_.time_limit_minutes * 60) return 0;
+    stop_reason_ = "--time-limit " + format("%g", options_.time_limit_minutes) + " minutes";
+    return 1;
+  }
+
+  StepOutcome train_step(std::int64_t step, double stop_vote) {
     model_->zero_gradients();
     double local_loss = 0;
     for (std::int64_t micro = 0; micro < options_.micro_batches; ++micro) {
@@ -251,10 +298,44 @@ class Training {
       });
     }
     model_->reduce_gradients();
-    last_gradient_norm_ = optimizer_->step(schedule_.at(step));
-    std::vector<double> loss = {local_loss};
-    runtime_.host_group()->all_reduce(host_span(loss), ReduceOp::kAverage);
-    return loss[0];
+    // The stop votes ride on the loss's all-reduce: no extra collective per
+    // step, and every rank learns the same answer at the same step.
+    std::vector<double> reduced = {local_loss, stop_vote};
+    runtime_.host_group()->all_reduce(host_span(reduced), ReduceOp::kAverage);
+    StepOutcome outcome;
+    outcome.loss = reduced[0];
+    outcome.stop = reduced[1] > 0;
+    if (outcome.stop && stop_reason_.empty()) stop_reason_ = "a stop signal on another rank";
+    // Both values are the same on every rank, so every rank skips alike.
+    if (std::isfinite(outcome.loss)) {
+      last_gradient_norm_ = optimizer_->step(schedule_.at(step));
+      outcome.skipped = !std::isfinite(last_gradient_norm_);
+    } else {
+      outcome.skipped = true;
+    }
+    if (outcome.skipped) skip(step, outcome.loss);
+    return outcome;
+  }
+
+  // A step that updated nothing: said, counted, and fatal past --max-skipped-steps.
+  void skip(std::int64_t step, double loss) {
+    ++skipped_steps_;
+    say("step " + std::to_string(step) + " skipped: " +
+        (std::isfinite(loss) ? "gradient norm " + format("%g", last_gradient_norm_)
+                             : "loss " + format("%g", loss)) +
+        " is not finite; weights and optimizer state unchanged (" + std::to_string(skipped_steps_) +
+        " skipped in this run)");
+    if (skipped_steps_ > options_.max_skipped_steps) {
+      // Every rank throws the same error at the same step: an agreed failure.
+      throw ConfigurationError("step " + std::to_string(step) + ": " +
+                                   std::to_string(skipped_steps_) +
+                                   " steps skipped for a non-finite loss or gradient norm, more "
+                                   "than --max-skipped-steps " +
+                                   std::to_string(options_.max_skipped_steps) +
+                                   " (a learning rate too high? bad data?); the last checkpoint "
+                                   "holds no weights from a skipped step",
+                               /*failing_rank=*/0);
+    }
   }
 
   void report_progress(std::int64_t step, std::int64_t first_step, std::int64_t last_step,
@@ -278,6 +359,7 @@ class Training {
     save.training_config = to_json(options_);
     checkpoint::save_checkpoint(options_.checkpoint_dir, model_->stages(), optimizer_.get(), save);
     saved_step_ = step;
+    last_save_seconds_ = seconds_since(start);
     say("saved checkpoint at step " + std::to_string(step) + " to " + options_.checkpoint_dir +
         format(" (%.2f s)", seconds_since(start)));
   }
@@ -379,6 +461,11 @@ class Training {
   std::vector<double> losses_;
   double last_gradient_norm_ = 0;
   std::int64_t saved_step_ = 0;
+  double last_save_seconds_ = 0;
+  std::int64_t skipped_steps_ = 0;
+  std::string stop_reason_;  // why the run stops early; empty while it does not
+  // --time-limit counts from here: model setup and loading count, MPI start-up does not.
+  Clock::time_point setup_start_ = Clock::now();
 };  // namespace
 
 }  // namespace

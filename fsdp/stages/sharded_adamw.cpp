@@ -58,6 +58,7 @@ double ShardedAdamW::global_gradient_norm() const {
 
 double ShardedAdamW::step(double learning_rate) {
   const double norm = global_gradient_norm();
+  if (!std::isfinite(norm)) return norm;  // skipped, on every rank alike
   // As torch.nn.utils.clip_grad_norm_: scale by min(1, max / (norm + 1e-6)).
   float scale = 1.0f;
   if (options_.max_gradient_norm > 0.0) {

@@ -45,7 +45,12 @@ class ShardedAdamW {
 
   // Takes one step with `learning_rate` on every stage, from the gradient
   // shards, and invalidates the stages. Collective (when clipping, or always:
-  // the norm is computed either way). Returns the global gradient norm before clipping.
+  // the norm is computed either way). Returns the global gradient norm before
+  // clipping. When that norm is not finite (a NaN or Inf in any rank's
+  // gradients: every rank sees the same norm) nothing is updated -- no weight,
+  // no moment, no step count -- and the norm is returned for the caller to
+  // report the skipped step (a NaN step would otherwise poison every weight,
+  // clipping included: min(1, max / NaN) is 1).
   double step(double learning_rate);
 
   // sqrt of the sum over all ranks and stages of the squared gradient shards,
