@@ -6,6 +6,7 @@
 #include "fsdp/checkpoint/block_checksums.h"
 #include "fsdp/checkpoint/checkpoint_error.h"
 #include "fsdp/checkpoint/checkpoint_format.h"
+#include "fsdp/checkpoint/checkpoint_series.h"
 #include "fsdp/checkpoint/file_io.h"
 #include "fsdp/checkpoint/json_input.h"
 
@@ -225,6 +226,25 @@ std::string rank_file_name(int rank, int world_size) {
   return name;
 }
 
+void check_save_directory(const fs::path& requested) {
+  const auto directory = resolve_directory_link(requested);
+  std::error_code error;
+  if (!fs::exists(directory, error)) return;
+  if (!fs::is_directory(directory, error)) {
+    throw CheckpointError(directory.string() + " exists and is not a directory");
+  }
+  std::vector<std::string> foreign;
+  for (const auto& name : directory_entries(directory)) {
+    if (name != kCheckpointIndexFileName && !is_rank_file_name(name)) foreign.push_back(name);
+  }
+  refuse_to_lose(directory, foreign, "move them out, or save the checkpoint elsewhere");
+  // Only rank files: an interrupted save of someone's checkpoint, not ours to replace.
+  if (!fs::exists(directory / kCheckpointIndexFileName, error) && !fs::is_empty(directory, error)) {
+    throw CheckpointError(directory.string() + " exists and is not a checkpoint (no " +
+                          kCheckpointIndexFileName + "); refusing to replace it");
+  }
+}
+
 fs::path previous_checkpoint_path(const fs::path& directory) {
   return directory.string() + ".previous";
 }
@@ -250,6 +270,8 @@ CheckpointIndex read_index_file(const fs::path& directory) {
 }  // namespace
 
 CheckpointIndex read_checkpoint_index(const fs::path& directory) {
+  // A series (--keep-checkpoints): its latest complete checkpoint.
+  if (is_checkpoint_series(directory)) return read_index_file(latest_checkpoint(directory));
   std::error_code error;
   if (!fs::exists(directory, error) &&
       fs::exists(previous_checkpoint_path(directory) / kCheckpointIndexFileName, error)) {

@@ -26,6 +26,12 @@ bool is_rank_file_name(const std::string& name);
 // checkpoint: `directory`.previous.
 std::filesystem::path previous_checkpoint_path(const std::filesystem::path& directory);
 
+// Throws CheckpointError unless a checkpoint can be saved at `directory`
+// without losing anything: absent, an empty directory, or a checkpoint
+// holding nothing but index.json and rank files (a link is followed). For
+// checking before a long run; save_checkpoint checks the same.
+void check_save_directory(const std::filesystem::path& directory);
+
 // One stage as recorded in the index.
 struct StageRecord {
   std::string name;
@@ -71,7 +77,9 @@ CheckpointIndex parse_checkpoint_index(std::string_view text,
 // file must be a regular file, and no rank file may be a link leading out of
 // `directory`). When `directory` does not exist but `directory`.previous
 // holds a checkpoint (a save interrupted where the file system cannot swap
-// directories atomically), reads that one. Throws CheckpointError naming the
+// directories atomically), reads that one. When `directory` is a series of
+// checkpoints (checkpoint_series.h), reads the latest complete one;
+// CheckpointIndex::directory says which. Throws CheckpointError naming the
 // file and the field.
 CheckpointIndex read_checkpoint_index(const std::filesystem::path& directory);
 

@@ -255,25 +255,6 @@ std::string shard_tensor_name(const std::string& stage, ShardArray array) {
   return stage + "/" + std::string(shard_array_name(array));
 }
 
-void check_save_directory(const fs::path& requested) {
-  const auto directory = resolve_directory_link(requested);
-  std::error_code error;
-  if (!fs::exists(directory, error)) return;
-  if (!fs::is_directory(directory, error)) {
-    throw CheckpointError(directory.string() + " exists and is not a directory");
-  }
-  std::vector<std::string> foreign;
-  for (const auto& name : directory_entries(directory)) {
-    if (name != kCheckpointIndexFileName && !is_rank_file_name(name)) foreign.push_back(name);
-  }
-  refuse_to_lose(directory, foreign, "move them out, or save the checkpoint elsewhere");
-  // Only rank files: an interrupted save of someone's checkpoint, not ours to replace.
-  if (!fs::exists(directory / kCheckpointIndexFileName, error) && !fs::is_empty(directory, error)) {
-    throw CheckpointError(directory.string() + " exists and is not a checkpoint (no " +
-                          kCheckpointIndexFileName + "); refusing to replace it");
-  }
-}
-
 void save_checkpoint(const fs::path& requested, const std::vector<Fsdp*>& stages,
                      const stages::ShardedAdamW* optimizer, const SaveOptions& options) {
   auto& group = common_group(stages);

@@ -64,12 +64,6 @@ struct SaveOptions {
   std::int64_t chunk_bytes = std::int64_t{64} << 20;
 };
 
-// Throws CheckpointError unless a checkpoint can be saved at `directory`
-// without losing anything: absent, an empty directory, or a checkpoint
-// holding nothing but index.json and rank files (a link is followed). For
-// checking before a long run; save_checkpoint checks the same.
-void check_save_directory(const std::filesystem::path& directory);
-
 // Writes a checkpoint of `stages` (and of `optimizer`'s state and step count,
 // when not null) to `directory`, atomically. Collective over the stages'
 // group; all ranks must see the same file system. On any rank's failure

@@ -5,6 +5,7 @@
 #include <sstream>
 #include <string>
 
+#include "fsdp/checkpoint/checkpoint_series.h"
 #include "fsdp/checkpoint/distributed_checkpoint.h"
 #include "fsdp/data/data_error.h"
 #include "fsdp/launch/stop_signals.h"
@@ -132,7 +133,7 @@ void take_model_from_hf(const po::variables_map& values, TrainOptions& options) 
 void take_model_from_resumed_hf_run(TrainOptions& options) {
   nlohmann::json saved;
   try {
-    saved = checkpoint::read_checkpoint_index(options.checkpoint_dir).training_config;
+    saved = checkpoint::read_checkpoint_index(options.resume_source()).training_config;
   } catch (const std::exception&) {
     return;  // preflight_training() reports a missing or bad checkpoint with its own message
   }
@@ -259,6 +260,13 @@ po::options_description train_options_description() {
       "no-checkpoint", po::bool_switch(), "save no checkpoint")(
       "checkpoint-interval", po::value<std::int64_t>()->default_value(100),
       "steps between checkpoints (0: only at the end)")(
+      "keep-checkpoints", po::value<std::int64_t>()->default_value(0),
+      "keep the last K checkpoints, each in --checkpoint-dir/step-NNNNNNNN with 'latest' naming "
+      "the newest complete one (0: one checkpoint, replaced at every save)")(
+      "keep-every", po::value<std::int64_t>()->default_value(0),
+      "with a series of checkpoints, also keep every step that is a multiple of M for good")(
+      "resume-from", po::value<std::int64_t>()->default_value(0),
+      "resume from this step of the series in --checkpoint-dir instead of the latest")(
       "resume", po::bool_switch(),
       "continue from the checkpoint in --checkpoint-dir (at any world size), with the losses an "
       "uninterrupted run would have had")(
@@ -377,6 +385,18 @@ TrainOptions train_options_from(const po::variables_map& values, int world_size)
   }
   options.checkpoint_interval = at_least<std::int64_t>(values, "checkpoint-interval", 0);
   options.resume = values["resume"].as<bool>();
+  options.keep_checkpoints = at_least<std::int64_t>(values, "keep-checkpoints", 0);
+  options.keep_every = at_least<std::int64_t>(values, "keep-every", 0);
+  options.resume_from = at_least<std::int64_t>(values, "resume-from", 0);
+  if (options.resume_from > 0) options.resume = true;
+  if (options.resume && options.checkpoint_dir.empty()) {
+    throw po::error("--resume-from needs a checkpoint; --no-checkpoint says there is none");
+  }
+  if (options.keeps_series() && options.checkpoint_dir.empty()) {
+    throw po::error(
+        "--keep-checkpoints and --keep-every keep checkpoints; --no-checkpoint says "
+        "not to save any");
+  }
   options.init_from_hf = values["init-from-hf"].as<std::string>();
   if (options.resume && !options.init_from_hf.empty()) {
     throw po::error("--resume and --init-from-hf both say where the weights come from; give one");
@@ -396,6 +416,11 @@ TrainOptions train_options_from(const po::variables_map& values, int world_size)
   options.log_interval = at_least<std::int64_t>(values, "log-interval", 1);
   take_data(values, options);
   return options;
+}
+
+std::string TrainOptions::resume_source() const {
+  if (resume_from <= 0) return checkpoint_dir;
+  return (fs::path(checkpoint_dir) / checkpoint::step_directory_name(resume_from)).string();
 }
 
 nlohmann::json to_json(const TrainOptions& options) {

@@ -15,6 +15,11 @@
 namespace fsdp::launch {
 
 struct TrainOptions {
+  // Where --resume reads: the series' step `resume_from`, or checkpoint_dir
+  // (a series resolves to its latest checkpoint when read).
+  std::string resume_source() const;
+  bool keeps_series() const { return keep_checkpoints > 0 || keep_every > 0; }
+
   // The model: a preset ("dense", "moe", "stacked"), then any size given; or
   // "hf <model_type>" when it comes from an HF directory's config.json.
   std::string preset = "moe";
@@ -64,8 +69,14 @@ struct TrainOptions {
   std::string checkpoint_dir;              // empty: no checkpoints
   std::int64_t checkpoint_interval = 100;  // steps; 0: only at the end
   bool resume = false;
-  std::string init_from_hf;  // HF directory or file to start from
-  std::string export_hf;     // HF directory to write at the end
+  // A series of checkpoints (checkpoint_series.h) instead of one replaced at
+  // every save: keep the last `keep_checkpoints` and every step that is a
+  // multiple of `keep_every`. Both 0: one checkpoint.
+  std::int64_t keep_checkpoints = 0;
+  std::int64_t keep_every = 0;
+  std::int64_t resume_from = 0;  // with resume: this step of the series (0: the latest)
+  std::string init_from_hf;      // HF directory or file to start from
+  std::string export_hf;         // HF directory to write at the end
   // "bfloat16", "float16" or "float32"; empty: the dtype the model came in
   // (its HF checkpoint's), float32 for the presets.
   std::string export_dtype;

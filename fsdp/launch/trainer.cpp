@@ -15,9 +15,11 @@
 #include <string>
 #include <vector>
 
+#include "fsdp/checkpoint/checkpoint_series.h"
 #include "fsdp/checkpoint/distributed_checkpoint.h"
 #include "fsdp/checkpoint/hf_export.h"
 #include "fsdp/checkpoint/hf_import.h"
+#include "fsdp/collective_errors.h"
 #include "fsdp/data/data_error.h"
 #include "fsdp/errors.h"
 #include "fsdp/inspector.h"
@@ -226,7 +228,7 @@ class Training {
     const auto stages = model_->stages();
     if (options_.resume) {
       const auto index =
-          checkpoint::load_checkpoint(options_.checkpoint_dir, stages, optimizer_.get());
+          checkpoint::load_checkpoint(options_.resume_source(), stages, optimizer_.get());
       say("resumed from " + index.directory.string() + " at step " + std::to_string(index.step) +
           " (saved by " + std::to_string(index.world_size) + " rank(s))");
       const auto note = resume_differences(index.training_config, options_).schedule_note;
@@ -357,11 +359,42 @@ class Training {
     checkpoint::SaveOptions save;
     save.step = step;
     save.training_config = to_json(options_);
-    checkpoint::save_checkpoint(options_.checkpoint_dir, model_->stages(), optimizer_.get(), save);
+    if (!options_.keeps_series()) {
+      checkpoint::save_checkpoint(options_.checkpoint_dir, model_->stages(), optimizer_.get(),
+                                  save);
+      saved_step_ = step;
+      last_save_seconds_ = seconds_since(start);
+      say("saved checkpoint at step " + std::to_string(step) + " to " + options_.checkpoint_dir +
+          format(" (%.2f s)", seconds_since(start)));
+      return;
+    }
+    // A series: the step's own directory, complete before 'latest' names it,
+    // and only then the pruning (checkpoint_series.h).
+    const fs::path series = options_.checkpoint_dir;
+    auto& group = *runtime_.host_group();
+    run_agreeing_on_failure(group, [&] {
+      if (root_) fs::create_directories(series);
+    });
+    const auto directory = series / checkpoint::step_directory_name(step);
+    checkpoint::save_checkpoint(directory, model_->stages(), optimizer_.get(), save);
+    std::vector<std::int64_t> kept;
+    run_agreeing_on_failure(group, [&] {
+      if (!root_) return;
+      checkpoint::publish_latest(series, step);
+      const auto steps = checkpoint::series_steps(series);
+      const auto pruned =
+          checkpoint::steps_to_prune(steps, step, options_.keep_checkpoints, options_.keep_every);
+      checkpoint::prune_series(series, pruned);
+      for (const auto s : steps) {
+        if (std::find(pruned.begin(), pruned.end(), s) == pruned.end()) kept.push_back(s);
+      }
+    });
     saved_step_ = step;
     last_save_seconds_ = seconds_since(start);
-    say("saved checkpoint at step " + std::to_string(step) + " to " + options_.checkpoint_dir +
-        format(" (%.2f s)", seconds_since(start)));
+    std::string listed;
+    for (const auto s : kept) listed += (listed.empty() ? "" : ", ") + std::to_string(s);
+    say("saved checkpoint at step " + std::to_string(step) + " to " + directory.string() +
+        format(" (%.2f s)", seconds_since(start)) + "; kept steps " + listed);
   }
 
   // The dtype the model came in: its HF checkpoint's tensors (config.json's
@@ -493,14 +526,24 @@ void preflight_training(const TrainOptions& options) {
     }
   }
   // Where the run will write, checked now rather than after hours of training.
-  if (!options.checkpoint_dir.empty()) checkpoint::check_save_directory(options.checkpoint_dir);
+  if (options.keeps_series()) {
+    checkpoint::check_series_directory(options.checkpoint_dir);
+  } else if (!options.checkpoint_dir.empty()) {
+    if (checkpoint::is_checkpoint_series(options.checkpoint_dir)) {
+      throw std::runtime_error(
+          options.checkpoint_dir +
+          " holds a series of checkpoints (step-NNNNNNNN directories and 'latest'); give "
+          "--keep-checkpoints K to save into it, or another --checkpoint-dir");
+    }
+    checkpoint::check_save_directory(options.checkpoint_dir);
+  }
   if (!options.export_hf.empty()) checkpoint::check_export_directory(options.export_hf);
   if (!options.init_from_hf.empty() && !fs::exists(options.init_from_hf)) {
     throw std::runtime_error("--init-from-hf " + options.init_from_hf +
                              ": no such file or directory");
   }
   if (options.resume) {
-    const auto index = checkpoint::read_checkpoint_index(options.checkpoint_dir);
+    const auto index = checkpoint::read_checkpoint_index(options.resume_source());
     const auto differences = resume_differences(index.training_config, options);
     if (!differences.refused.empty()) {
       std::string listed;

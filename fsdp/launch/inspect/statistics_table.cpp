@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <sstream>
 
+#include "fsdp/checkpoint/checkpoint_series.h"
 #include "fsdp/checkpoint/safetensors_format.h"
 #include "fsdp/launch/inspect/json_number.h"
 #include "fsdp/launch/inspect/text_table.h"
@@ -67,6 +68,15 @@ std::string table_text(const StatisticsTable& table) {
         << plural(table.tensors, "parameter", "parameters") << ", "
         << plural(table.total_elements, "element", "elements");
     if (table.array != "weight_shard") out << " (showing " << table.array << ")";
+    if (checkpoint::is_checkpoint_series(table.path)) {
+      // A run's series: name every step it holds and which one is shown.
+      std::string steps;
+      for (const auto step : checkpoint::series_steps(table.path)) {
+        steps += (steps.empty() ? "" : ", ") + std::to_string(step);
+      }
+      out << "\nseries of checkpoints: steps " << steps << "; showing the latest, "
+          << checkpoint::latest_checkpoint(table.path).filename().string();
+    }
   } else {
     out << "HF checkpoint " << table.path << ": " << plural(table.groups, "file", "files") << ", "
         << plural(table.tensors, "tensor", "tensors") << ", "

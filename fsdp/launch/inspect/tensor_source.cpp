@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "fsdp/checkpoint/checkpoint_error.h"
+#include "fsdp/checkpoint/checkpoint_series.h"
 #include "fsdp/checkpoint/element_conversion.h"
 
 namespace fsdp::inspect {
@@ -112,6 +113,7 @@ std::unique_ptr<TensorSource> TensorSource::open(const fs::path& path, ShardArra
   std::error_code error;
   const bool exists = fs::exists(path, error);
   if (fs::exists(path / checkpoint::kCheckpointIndexFileName, error) ||
+      checkpoint::is_checkpoint_series(path) ||
       (!exists &&
        fs::exists(fs::path(path.string() + ".previous") / checkpoint::kCheckpointIndexFileName,
                   error))) {
