@@ -82,8 +82,13 @@ TEST(CheckpointSeries, LatestPointerIsCheckedLikeAnyInput) {
             }).find("holds files this runtime did not write (notes.txt)"),
             std::string::npos);
   fs::remove(series / "notes.txt");
-  fs::create_directories(series / "step-00000030.partial");  // an interrupted save's leftover
+  // An interrupted save's leftover, with a rank file but no index yet.
+  fs::create_directories(series / "step-00000030.partial");
+  std::ofstream(series / "step-00000030.partial" / "rank-00000-of-00002.safetensors") << "x";
   EXPECT_EQ(refusal([&] { check_series_directory(series); }), "(no error)");
+  remove_interrupted_saves(series);
+  EXPECT_FALSE(fs::exists(series / "step-00000030.partial"));
+  EXPECT_TRUE(fs::exists(series / "step-00000010"));
   fs::remove_all(series);
 }
 

@@ -191,7 +191,8 @@ set_tests_properties(hostile_inputs PROPERTIES LABELS program PROCESSORS 2 TIMEO
 # Stopping on a signal or a time limit, with a checkpoint, and resuming exactly.
 add_test(NAME train_stop
          COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/train_stop.sh ${FSDP_MPIRUN}
-                 $<TARGET_FILE:fsdp-train> ${CMAKE_CURRENT_BINARY_DIR}/train_stop)
+                 $<TARGET_FILE:fsdp-train> $<TARGET_FILE:shard-inspect>
+                 ${CMAKE_CURRENT_BINARY_DIR}/train_stop)
 set_tests_properties(train_stop PROPERTIES LABELS program PROCESSORS 2 TIMEOUT 600)
 
 # A series of checkpoints: retention, resuming, and SIGKILLs during saves.

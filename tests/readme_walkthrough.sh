@@ -55,6 +55,12 @@ cp -r run run-longer
 run longer.log "$mpirun" -np 2 "$train" --steps 32 --checkpoint-dir run-longer --resume
 expect longer.log "note: the learning-rate schedule now spans 32 steps"
 
+# ... and on a cluster: a series of checkpoints under a time limit.
+run series.log "$mpirun" -np 4 "$train" --steps 30 --checkpoint-dir series --keep-checkpoints 3 \
+  --checkpoint-interval 5 --time-limit 230
+expect series.log "saved checkpoint at step 30 to series/step-00000030 .*; kept steps 20, 25, 30"
+[ "$(cat series/latest)" = "step-00000030" ] || fail "series/latest is $(cat series/latest)"
+
 # 5. Export, and check the export against the checkpoint.
 run export.log "$mpirun" -np 4 "$train" --steps 30 --checkpoint-dir run --resume --export-hf hf-model
 expect export.log "nothing to train"

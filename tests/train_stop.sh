@@ -4,11 +4,13 @@
 #      with a checkpoint and exit status 0; --resume then prints the very
 #      losses the uninterrupted run printed;
 #   2. --time-limit stops a run with a checkpoint before the limit;
-#   3. --stop-signals is validated.
-# Usage: train_stop.sh MPIRUN FSDP_TRAIN WORK_DIR
+#   3. non-finite steps are skipped, never saved, and end the run past
+#      --max-skipped-steps;
+#   4. --stop-signals is validated.
+# Usage: train_stop.sh MPIRUN FSDP_TRAIN SHARD_INSPECT WORK_DIR
 set -euo pipefail
-[ $# -eq 3 ] || { echo "usage: $0 MPIRUN FSDP_TRAIN WORK_DIR (got $# arguments)"; exit 2; }
-mpirun=$1 train=$2 work=$3
+[ $# -eq 4 ] || { echo "usage: $0 MPIRUN FSDP_TRAIN SHARD_INSPECT WORK_DIR (got $# arguments)"; exit 2; }
+mpirun=$1 train=$2 inspect=$3 work=$4
 rm -rf "$work" && mkdir -p "$work" && cd "$work"
 model=(--backend mpi --model dense --hidden 32 --layers 1 --heads 2 --intermediate 64
        --vocabulary 64 --seq-len 8 --batch 4 --log-interval 1)
@@ -56,7 +58,22 @@ grep -q "stopped after step [0-9]* of 200000 (--time-limit 0.05 minutes)" limite
 grep -q "saved checkpoint at step" limited.log || fail "no checkpoint at the time limit"
 [ "$elapsed" -lt 60 ] || fail "the time-limited run took $elapsed s"
 
-# 3. A signal name that does not exist.
+# 3. Steps that would write NaN: a learning rate of 1e30 makes every gradient
+# norm after the first step non-finite. Each such step is skipped, the fourth
+# ends the run, and no checkpoint saved on the way holds a NaN or an Inf.
+if "$mpirun" -np 2 "$train" "${model[@]}" --lr 1e30 --min-lr 1e30 --warmup 0 --steps 20 \
+    --checkpoint-interval 1 --max-skipped-steps 3 --checkpoint-dir nan > nan.log 2>&1; then
+  fail "a run of non-finite steps finished"
+fi
+grep -q "^step 2 skipped: gradient norm NaN is not finite; weights and optimizer state unchanged" \
+  nan.log || { cat nan.log; fail "no skipped step 2"; }
+grep -q "step 5: 4 steps skipped for a non-finite loss or gradient norm, more than --max-skipped-steps 3" \
+  nan.log || { cat nan.log; fail "no error past --max-skipped-steps"; }
+"$inspect" nan > nan-inspect.log
+grep -q "step 4," nan-inspect.log || { cat nan-inspect.log; fail "the last checkpoint is not step 4"; }
+if grep -q "WARNING" nan-inspect.log; then cat nan-inspect.log; fail "a checkpoint holds NaN or Inf"; fi
+
+# 4. A signal name that does not exist.
 if "$train" "${model[@]}" --stop-signals TERM,BOGUS > bogus.log 2>&1; then fail "BOGUS accepted"; fi
 grep -q "unknown signal 'BOGUS'" bogus.log || { cat bogus.log; fail "no message for BOGUS"; }
 echo "train stop: all checks passed (signalled run stopped after step $stopped)"

@@ -131,6 +131,22 @@ void prune_series(const fs::path& series, const std::vector<std::int64_t>& steps
   }
 }
 
+void remove_interrupted_saves(const fs::path& series) {
+  const std::string suffix = ".partial/";
+  for (const auto& name : directory_entries(series)) {
+    if (name.size() <= suffix.size() ||
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0 ||
+        step_of_directory_name(name.substr(0, name.size() - suffix.size())) < 0) {
+      continue;
+    }
+    std::error_code error;
+    fs::remove_all(series / name.substr(0, name.size() - 1), error);
+    if (error) {
+      throw CheckpointError("cannot remove " + (series / name).string() + ": " + error.message());
+    }
+  }
+}
+
 void check_series_directory(const fs::path& requested) {
   const auto series = resolve_directory_link(requested);
   std::error_code error;
@@ -148,8 +164,11 @@ void check_series_directory(const fs::path& requested) {
         stem.resize(stem.size() - suffix.size());
       }
     }
+    const bool leftover = stem.size() + 1 < name.size();  // DIR.partial or DIR.previous
     if (name.back() == '/' && step_of_directory_name(stem) >= 0) {
-      check_save_directory(series / name.substr(0, name.size() - 1));
+      // A leftover of an interrupted save is ours whatever it holds; the
+      // save of that step, or the next pruning, removes it.
+      if (!leftover) check_save_directory(series / name.substr(0, name.size() - 1));
     } else if (stem != kLatestFileName) {
       foreign.push_back(name);
     }

@@ -56,8 +56,13 @@ std::vector<std::int64_t> steps_to_prune(const std::vector<std::int64_t>& steps,
 // (check_save_directory); throws CheckpointError naming the first that does not.
 void prune_series(const std::filesystem::path& series, const std::vector<std::int64_t>& steps);
 
+// Removes the RUN/step-N.partial directories that interrupted saves left.
+// REQUIRES: no save into `series` is in progress.
+void remove_interrupted_saves(const std::filesystem::path& series);
+
 // Throws CheckpointError unless `series` can hold a series: absent, empty, or
-// holding only `latest` and step directories (each itself a checkpoint). For
+// holding only `latest`, step directories (each itself a checkpoint) and the
+// leftovers of interrupted saves (step-N.partial, step-N.previous). For
 // preflight, like check_save_directory.
 void check_series_directory(const std::filesystem::path& series);
 

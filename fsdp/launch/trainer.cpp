@@ -58,7 +58,11 @@ std::string clock_time(double seconds) {
   return text;
 }
 
+// `value` by the printf `pattern`; NaN and infinities as "NaN", "Inf", "-Inf"
+// whatever the pattern (printf's "-nan" says nothing useful about the sign).
 std::string format(const char* pattern, double value) {
+  if (std::isnan(value)) return "NaN";
+  if (std::isinf(value)) return value > 0 ? "Inf" : "-Inf";
   char text[64];
   std::snprintf(text, sizeof text, pattern, value);
   return text;
@@ -385,6 +389,7 @@ class Training {
       const auto pruned =
           checkpoint::steps_to_prune(steps, step, options_.keep_checkpoints, options_.keep_every);
       checkpoint::prune_series(series, pruned);
+      checkpoint::remove_interrupted_saves(series);
       for (const auto s : steps) {
         if (std::find(pruned.begin(), pruned.end(), s) == pruned.end()) kept.push_back(s);
       }
