@@ -6,7 +6,8 @@
 #      --resume-from takes the step asked for; shard-inspect lists the series;
 #   3. SIGKILL of the whole job at random moments while it saves every step:
 #      'latest' always names a complete checkpoint, which shard-inspect reads
-#      (every block's checksum) and the next run resumes from.
+#      (every block's checksum) and the next run resumes from; the metrics
+#      file holds every step once.
 # Usage: train_series.sh MPIRUN FSDP_TRAIN SHARD_INSPECT WORK_DIR [KILLS]
 set -euo pipefail
 [ $# -ge 4 ] || { echo "usage: $0 MPIRUN FSDP_TRAIN SHARD_INSPECT WORK_DIR [KILLS]"; exit 2; }
@@ -53,8 +54,11 @@ grep -q "holds a series of checkpoints" single.log || { cat single.log; fail "no
 for i in $(seq "$kills"); do
   resume=()
   [ -f killed/latest ] && resume=(--resume)
+  # A fresh run refuses an existing metrics file (killed before its first save).
+  [ -f killed/latest ] || rm -f killed.jsonl
   "$mpirun" -np 2 "$train" "${model[@]}" --steps 100000 --checkpoint-interval 1 \
-    --keep-checkpoints 2 "${resume[@]}" --checkpoint-dir killed > "kill-$i.log" 2>&1 &
+    --keep-checkpoints 2 "${resume[@]}" --checkpoint-dir killed --metrics-file killed.jsonl \
+    > "kill-$i.log" 2>&1 &
   job=$!
   sleep "$(awk -v seed="$i" 'BEGIN { srand(seed); printf "%.2f", 1.5 + 2.5 * rand() }')"
   pkill -9 -f -- "--checkpoint-dir killed" || true
@@ -68,4 +72,8 @@ done
 "$mpirun" -np 2 "$train" "${model[@]}" --steps 100000 --stop-after "$(( $(sed 's/step-0*//' killed/latest) + 2 ))" \
   --checkpoint-interval 1 --keep-checkpoints 2 --resume --checkpoint-dir killed > final.log ||
   { cat final.log; fail "the run after the kills did not resume"; }
+# Each resumed run dropped the metrics of the steps it took again: no step twice.
+sed -n 's/^{"step":\([0-9]*\),.*/\1/p' killed.jsonl |
+  awk 'NR > 1 && $1 != previous + 1 { print "step", $1, "after", previous; bad = 1 }
+       { previous = $1 } END { exit bad }' || fail "killed.jsonl repeats or skips steps"
 echo "train series: all checks passed ($kills kills, last at $(cat killed/latest))"

@@ -2,7 +2,7 @@
 # fsdp-train stopped by the cluster, checked on its printed losses:
 #   1. SIGUSR1 to one rank at world size 4 stops the run within a few steps,
 #      with a checkpoint and exit status 0; --resume then prints the very
-#      losses the uninterrupted run printed;
+#      losses the uninterrupted run printed, and --metrics-file holds them;
 #   2. --time-limit stops a run with a checkpoint before the limit;
 #   3. non-finite steps are skipped, never saved, and end the run past
 #      --max-skipped-steps;
@@ -24,7 +24,7 @@ fail() { echo "FAIL: $*"; exit 1; }
 
 # 1. The same run, signalled once it has taken 5 steps.
 "$mpirun" -np 4 "$train" "${model[@]}" --steps 2000 --stop-after 300 --checkpoint-interval 0 \
-  --checkpoint-dir signalled > signalled.log 2>&1 &
+  --checkpoint-dir signalled --metrics-file metrics.jsonl > signalled.log 2>&1 &
 job=$!
 for _ in $(seq 600); do
   grep -q "^step 5/" signalled.log 2>/dev/null && break
@@ -44,9 +44,13 @@ stopped=$(sed -n 's/^stopped after step \([0-9]*\) of 2000 (.*); resume with --r
 [ "$stopped" -lt 300 ] || fail "the run went on to step $stopped after the signal"
 grep -q "saved checkpoint at step $stopped " signalled.log || fail "no checkpoint at step $stopped"
 "$mpirun" -np 4 "$train" "${model[@]}" --steps 2000 --stop-after 300 --resume \
-  --checkpoint-dir signalled > resumed.log
+  --checkpoint-dir signalled --metrics-file metrics.jsonl > resumed.log
 diff <(losses whole.log) <(losses signalled.log | awk -v s="$stopped" '$1 <= s'; losses resumed.log) ||
   fail "the stopped and resumed run's losses differ from the uninterrupted run's"
+# The metrics file: one line per step 1-300 across both runs, the printed losses.
+diff <(losses whole.log) <(sed -n 's/^{"step":\([0-9]*\),"loss":\([^,]*\),.*/\1 \2/p' metrics.jsonl |
+                           awk '{ printf "%d %.6f\n", $1, $2 }') ||
+  fail "--metrics-file does not hold the printed losses of steps 1-300 once each"
 
 # 2. A time limit of 0.05 minutes (3 s) on a run that would take much longer.
 start=$(date +%s)

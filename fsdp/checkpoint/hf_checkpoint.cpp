@@ -21,6 +21,7 @@ std::string shown_key(const std::string& key) {
 }
 
 }  // namespace
+
 std::map<std::string, std::vector<std::string>> parse_hf_weight_map(std::string_view text,
                                                                     const std::string& source) {
   const auto index = parse_untrusted_json(text, source);
@@ -58,15 +59,16 @@ HfCheckpoint::HfCheckpoint(const std::filesystem::path& path) {
           path, file_name, source_ + ": weight_map entry \"" + shown_key(keys.front()) + "\"",
           /*hf_cache_layout=*/true);
       if (!std::filesystem::exists(file_path, error)) {
-        throw CheckpointError(source_ + ": weight_map puts \"" + keys.front() + "\" in " +
-                              file_name + ", but " + file_path.string() + " does not exist");
+        throw CheckpointError(source_ + ": weight_map puts \"" + shown_key(keys.front()) +
+                              "\" in " + file_name + ", but " + file_path.string() +
+                              " does not exist");
       }
       const std::size_t before = files_.size();
       open_file(file_path);
       for (const auto& key : keys) {
         if (files_[before]->header().find(key) == nullptr) {
-          throw CheckpointError(source_ + ": weight_map puts \"" + key + "\" in " + file_name +
-                                ", but that file has no such tensor");
+          throw CheckpointError(source_ + ": weight_map puts \"" + shown_key(key) + "\" in " +
+                                file_name + ", but that file has no such tensor");
         }
       }
     }

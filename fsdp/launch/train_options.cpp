@@ -267,6 +267,10 @@ po::options_description train_options_description() {
       "with a series of checkpoints, also keep every step that is a multiple of M for good")(
       "resume-from", po::value<std::int64_t>()->default_value(0),
       "resume from this step of the series in --checkpoint-dir instead of the latest")(
+      "metrics-file", po::value<std::string>()->default_value(""),
+      "append one JSON line per logged step (step, loss, lr, gradient norm, tokens/s, "
+      "collective time, skipped steps, peak memory over ranks) to this file; a resumed run "
+      "first drops the lines of the steps it takes again")(
       "resume", po::bool_switch(),
       "continue from the checkpoint in --checkpoint-dir (at any world size), with the losses an "
       "uninterrupted run would have had")(
@@ -385,6 +389,7 @@ TrainOptions train_options_from(const po::variables_map& values, int world_size)
   }
   options.checkpoint_interval = at_least<std::int64_t>(values, "checkpoint-interval", 0);
   options.resume = values["resume"].as<bool>();
+  options.metrics_file = values["metrics-file"].as<std::string>();
   options.keep_checkpoints = at_least<std::int64_t>(values, "keep-checkpoints", 0);
   options.keep_every = at_least<std::int64_t>(values, "keep-every", 0);
   options.resume_from = at_least<std::int64_t>(values, "resume-from", 0);

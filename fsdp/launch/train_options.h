@@ -86,6 +86,7 @@ struct TrainOptions {
   nlohmann::json hf_config;
   std::string hf_directory;
   std::vector<std::string> inspect;  // parameters to print at the end
+  std::string metrics_file;          // JSON lines of each logged step (metrics_file.h); empty: none
   std::int64_t log_interval = 10;
 };
 

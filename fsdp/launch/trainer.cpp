@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
@@ -25,6 +26,7 @@
 #include "fsdp/inspector.h"
 #include "fsdp/launch/cpu_compute.h"
 #include "fsdp/launch/evaluation.h"
+#include "fsdp/launch/metrics_file.h"
 #include "fsdp/launch/stop_signals.h"
 #include "fsdp/launch/training_data.h"
 #include "fsdp/models/hf_config.h"
@@ -130,11 +132,13 @@ class Training {
     }
     const std::int64_t last_step = options_.stop_after > 0 ? options_.stop_after : options_.steps;
     if (eval_data_) evaluate(first_step - 1);
+    if (root_ && !options_.metrics_file.empty()) {
+      metrics_ = std::make_unique<MetricsFile>(options_.metrics_file, first_step - 1);
+    }
     const auto start = Clock::now();
     StopSignals signals(parse_stop_signals(options_.stop_signals));
-    std::int64_t stopped_at = 0;
-    std::int64_t step = first_step;
-    for (; step <= last_step; ++step) {
+    std::int64_t stopped_at = 0;  // the step after which a signal or the time limit stopped us
+    for (std::int64_t step = first_step; step <= last_step; ++step) {
       const StepOutcome outcome = train_step(step, stop_vote(signals, start));
       if (!outcome.skipped) losses_.push_back(outcome.loss);
       if (step % options_.log_interval == 0 || step == last_step || step == first_step) {
@@ -351,11 +355,38 @@ class Training {
     const double tokens_per_second =
         steps_done * static_cast<double>(options_.batch * options_.sequence_length) /
         std::max(seconds, 1e-9);
+    if (!options_.metrics_file.empty()) {
+      write_metrics(step, loss, tokens_per_second, seconds);  // collective: on every rank
+    }
     say("step " + std::to_string(step) + "/" + std::to_string(options_.steps) + "  loss " +
         format("%.6f", loss) + "  lr " + format("%.2e", schedule_.at(step)) + "  grad norm " +
         format("%.3f", last_gradient_norm_) + "  " + format("%.0f", tokens_per_second) +
         " tokens/s  elapsed " + clock_time(seconds) + "  left " +
         clock_time(per_step * static_cast<double>(last_step - step)));
+  }
+
+  // One line of --metrics-file. Collective (the largest peak memory over the
+  // ranks): every rank calls it at the same logged steps.
+  void write_metrics(std::int64_t step, double loss, double tokens_per_second, double seconds) {
+    rusage usage{};
+    getrusage(RUSAGE_SELF, &usage);
+    std::vector<double> peak_mib = {static_cast<double>(usage.ru_maxrss) / 1024.0};  // KiB
+    runtime_.host_group()->all_reduce(host_span(peak_mib), ReduceOp::kMax);
+    if (!metrics_) return;
+    const auto statistics = model_->communication_statistics();
+    // JSON has no NaN: a non-finite value is written as null.
+    const auto number = [](double value) {
+      return std::isfinite(value) ? nlohmann::ordered_json(value) : nlohmann::ordered_json();
+    };
+    metrics_->write({{"step", step},
+                     {"loss", number(loss)},
+                     {"lr", schedule_.at(step)},
+                     {"grad_norm", number(last_gradient_norm_)},
+                     {"tokens_per_second", tokens_per_second},
+                     {"elapsed_seconds", seconds},
+                     {"collective_wait_seconds", statistics.exposed_seconds()},
+                     {"skipped_steps", skipped_steps_},
+                     {"peak_rss_mib_max_over_ranks", peak_mib[0]}});
   }
 
   void save(std::int64_t step) {
@@ -501,7 +532,8 @@ class Training {
   std::int64_t saved_step_ = 0;
   double last_save_seconds_ = 0;
   std::int64_t skipped_steps_ = 0;
-  std::string stop_reason_;  // why the run stops early; empty while it does not
+  std::string stop_reason_;               // why the run stops early; empty while it does not
+  std::unique_ptr<MetricsFile> metrics_;  // rank 0, with --metrics-file
   // --time-limit counts from here: model setup and loading count, MPI start-up does not.
   Clock::time_point setup_start_ = Clock::now();
 };  // namespace
@@ -543,6 +575,7 @@ void preflight_training(const TrainOptions& options) {
     checkpoint::check_save_directory(options.checkpoint_dir);
   }
   if (!options.export_hf.empty()) checkpoint::check_export_directory(options.export_hf);
+  if (!options.metrics_file.empty()) check_metrics_file(options.metrics_file, options.resume);
   if (!options.init_from_hf.empty() && !fs::exists(options.init_from_hf)) {
     throw std::runtime_error("--init-from-hf " + options.init_from_hf +
                              ": no such file or directory");
