@@ -3,7 +3,8 @@
 # Idempotent: packages already installed are not fetched again, and the build is incremental.
 #
 # Dependencies, all Debian packages: libtorch, Open MPI, Boost.Program_options,
-# GoogleTest, nlohmann-json, xxHash, CMake, Ninja, and OpenBLAS (OpenMP build)
+# GoogleTest, nlohmann-json, xxHash, CMake, Ninja, iproute2 (the two-host test's
+# network namespaces), and OpenBLAS (OpenMP build)
 # as the BLAS that libtorch's matrix products call. The interop test needs the
 # reference `safetensors` Python package, and the data tests NumPy and
 # `tokenizers` (scripts/prepare_data.py), which Debian does not ship: they are
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 
 packages=(cmake ninja-build g++ libtorch-dev libopenmpi-dev openmpi-bin
           libboost-program-options-dev libgtest-dev nlohmann-json3-dev libxxhash-dev
-          python3-venv libopenblas0-openmp)
+          python3-venv libopenblas0-openmp iproute2)
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 missing=()

@@ -201,3 +201,11 @@ add_test(NAME train_series
                  $<TARGET_FILE:fsdp-train> $<TARGET_FILE:shard-inspect>
                  ${CMAKE_CURRENT_BINARY_DIR}/train_series)
 set_tests_properties(train_series PROPERTIES LABELS program PROCESSORS 2 TIMEOUT 900)
+
+# Two hosts made of network namespaces, ranks over TCP: the one-host losses,
+# and a checkpoint saved and resumed across them (root only; skipped otherwise).
+add_test(NAME two_hosts
+         COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/two_hosts.sh ${FSDP_MPIRUN}
+                 $<TARGET_FILE:fsdp-train> ${CMAKE_CURRENT_BINARY_DIR}/two_hosts)
+set_tests_properties(two_hosts PROPERTIES LABELS program PROCESSORS 2 TIMEOUT 300
+                                          SKIP_RETURN_CODE 77)
