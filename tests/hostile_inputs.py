@@ -93,9 +93,9 @@ def replace_with_fifo(path):
     os.mkfifo(path)
 
 
-def resume(directory, ranks=2):
+def resume(directory, ranks=2, extra=()):
     return [mpirun, "-np", str(ranks)] + TRAIN + MODEL + [
-        "--steps", "3", "--resume", "--checkpoint-dir", str(directory)]
+        "--steps", "3", "--resume", "--checkpoint-dir", str(directory)] + list(extra)
 
 
 def init_from_hf(directory):
@@ -257,6 +257,34 @@ def _():
     directory = checkpoint_copy("no-index")
     (directory / "index.json").unlink()
     return INSPECT + [str(directory)]
+
+
+# A series of checkpoints (--keep-checkpoints): its 'latest' pointer is input too.
+def series_with_latest(name, latest):
+    series = work / name
+    series.mkdir()
+    shutil.copytree(good_checkpoint, series / "step-00000002")
+    if latest is None:
+        os.mkfifo(series / "latest")
+    else:
+        (series / "latest").write_text(latest)
+    return series
+
+
+@case("series 'latest' naming ../good-checkpoint", ["latest", "expected a step directory name"])
+def _():
+    return resume(series_with_latest("series-traversal", "../good-checkpoint\n"),
+                  extra=["--keep-checkpoints", "2"])
+
+
+@case("series 'latest' naming a step never saved", ["latest names step-00000009", "not there"])
+def _():
+    return INSPECT + [str(series_with_latest("series-missing", "step-00000009\n"))]
+
+
+@case("series 'latest' is a FIFO", ["latest", "not a regular file"])
+def _():
+    return resume(series_with_latest("series-fifo", None), extra=["--keep-checkpoints", "2"])
 
 
 # HF checkpoints, read by shard-inspect and fsdp-train --init-from-hf.
