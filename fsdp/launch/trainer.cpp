@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <iostream>
 #include <optional>
 #include <set>
@@ -139,7 +140,7 @@ class Training {
     StopSignals signals(parse_stop_signals(options_.stop_signals));
     std::int64_t stopped_at = 0;  // the step after which a signal or the time limit stopped us
     for (std::int64_t step = first_step; step <= last_step; ++step) {
-      const StepOutcome outcome = train_step(step, stop_vote(signals, start));
+      const StepOutcome outcome = train_step(step, [&] { return stop_vote(signals, start); });
       if (!outcome.skipped) losses_.push_back(outcome.loss);
       if (step % options_.log_interval == 0 || step == last_step || step == first_step) {
         report_progress(step, first_step, last_step, outcome.loss, seconds_since(start));
@@ -295,7 +296,9 @@ class Training {
     return 1;
   }
 
-  StepOutcome train_step(std::int64_t step, double stop_vote) {
+  // `vote` is asked after the forward and backward, just before the step's
+  // all-reduce: a signal that arrives during a step stops the run after it.
+  StepOutcome train_step(std::int64_t step, const std::function<double()>& vote) {
     model_->zero_gradients();
     double local_loss = 0;
     for (std::int64_t micro = 0; micro < options_.micro_batches; ++micro) {
@@ -310,7 +313,7 @@ class Training {
     model_->reduce_gradients();
     // The stop votes ride on the loss's all-reduce: no extra collective per
     // step, and every rank learns the same answer at the same step.
-    std::vector<double> reduced = {local_loss, stop_vote};
+    std::vector<double> reduced = {local_loss, vote()};
     runtime_.host_group()->all_reduce(host_span(reduced), ReduceOp::kAverage);
     StepOutcome outcome;
     outcome.loss = reduced[0];
