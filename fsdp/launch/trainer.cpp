@@ -19,6 +19,7 @@
 
 #include "fsdp/checkpoint/checkpoint_series.h"
 #include "fsdp/checkpoint/distributed_checkpoint.h"
+#include "fsdp/checkpoint/hf_checkpoint.h"
 #include "fsdp/checkpoint/hf_export.h"
 #include "fsdp/checkpoint/hf_import.h"
 #include "fsdp/collective_errors.h"
@@ -583,6 +584,9 @@ void preflight_training(const TrainOptions& options) {
     throw std::runtime_error("--init-from-hf " + options.init_from_hf +
                              ": no such file or directory");
   }
+  // Every file's header (not its tensors): a corrupt or hostile file is
+  // refused before the model is built and memory is taken.
+  if (!options.init_from_hf.empty()) checkpoint::HfCheckpoint headers(options.init_from_hf);
   if (options.resume) {
     const auto index = checkpoint::read_checkpoint_index(options.resume_source());
     const auto differences = resume_differences(index.training_config, options);
