@@ -5,6 +5,7 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -275,9 +276,10 @@ class Training {
     bool stop = false;     // some rank asked to stop after this step
   };
 
-  // 1 when this rank wants the run to stop after this step: a stop signal
-  // arrived, or the time limit would pass before one more step and a save.
-  double stop_vote(const StopSignals& signals, Clock::time_point start) {
+  // This rank's votes to stop after this step, {signal, time limit}, each 0
+  // or 1: a stop signal arrived; the time limit would pass before one more
+  // step and a save.
+  std::array<double, 2> stop_vote(const StopSignals& signals, Clock::time_point start) {
     if (const int signal = signals.received()) {
       if (stop_reason_.empty()) {
         // Said by the rank that got it: the others only learn that someone did.
@@ -286,20 +288,21 @@ class Training {
         stop_reason_ =
             "a stop signal, " + signal_name(signal) + " on rank " + std::to_string(runtime_.rank());
       }
-      return 1;
+      return {1, 0};
     }
-    if (options_.time_limit_minutes <= 0) return 0;
+    if (options_.time_limit_minutes <= 0) return {0, 0};
     const double elapsed = seconds_since(setup_start_);
     const double steps_done = static_cast<double>(std::max<std::size_t>(losses_.size(), 1));
     const double per_step = losses_.empty() ? 0 : seconds_since(start) / steps_done;
-    if (elapsed + 2 * per_step + last_save_seconds_ < options_.time_limit_minutes * 60) return 0;
-    stop_reason_ = "--time-limit " + format("%g", options_.time_limit_minutes) + " minutes";
-    return 1;
+    if (elapsed + 2 * per_step + last_save_seconds_ < options_.time_limit_minutes * 60) {
+      return {0, 0};
+    }
+    return {0, 1};
   }
 
   // `vote` is asked after the forward and backward, just before the step's
   // all-reduce: a signal that arrives during a step stops the run after it.
-  StepOutcome train_step(std::int64_t step, const std::function<double()>& vote) {
+  StepOutcome train_step(std::int64_t step, const std::function<std::array<double, 2>()>& vote) {
     model_->zero_gradients();
     double local_loss = 0;
     for (std::int64_t micro = 0; micro < options_.micro_batches; ++micro) {
@@ -314,12 +317,18 @@ class Training {
     model_->reduce_gradients();
     // The stop votes ride on the loss's all-reduce: no extra collective per
     // step, and every rank learns the same answer at the same step.
-    std::vector<double> reduced = {local_loss, vote()};
+    const auto votes = vote();
+    std::vector<double> reduced = {local_loss, votes[0], votes[1]};
     runtime_.host_group()->all_reduce(host_span(reduced), ReduceOp::kAverage);
     StepOutcome outcome;
     outcome.loss = reduced[0];
-    outcome.stop = reduced[1] > 0;
-    if (outcome.stop && stop_reason_.empty()) stop_reason_ = "a stop signal on another rank";
+    outcome.stop = reduced[1] > 0 || reduced[2] > 0;
+    if (outcome.stop && stop_reason_.empty()) {
+      // Every rank names the same cause (the ranks' clocks differ a little).
+      stop_reason_ = reduced[1] > 0
+                         ? std::string("a stop signal on another rank")
+                         : "--time-limit " + format("%g", options_.time_limit_minutes) + " minutes";
+    }
     // Both values are the same on every rank, so every rank skips alike.
     if (std::isfinite(outcome.loss)) {
       last_gradient_norm_ = optimizer_->step(schedule_.at(step));
