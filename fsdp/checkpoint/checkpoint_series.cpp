@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <set>
+#include <string_view>
 
 #include "fsdp/checkpoint/checkpoint_error.h"
 #include "fsdp/checkpoint/checkpoint_format.h"
@@ -16,6 +17,16 @@ namespace fs = std::filesystem;
 
 constexpr std::string_view kStepPrefix = "step-";
 constexpr std::size_t kMaxStepDigits = 18;  // below 10^18: no overflow
+
+// Removes `suffix` from the end of `text`, when it is there and something precedes it.
+bool strip_suffix(std::string& text, std::string_view suffix) {
+  if (text.size() <= suffix.size() ||
+      text.compare(text.size() - suffix.size(), suffix.size(), suffix) != 0) {
+    return false;
+  }
+  text.resize(text.size() - suffix.size());
+  return true;
+}
 
 }  // namespace
 
@@ -132,15 +143,13 @@ void prune_series(const fs::path& series, const std::vector<std::int64_t>& steps
 }
 
 void remove_interrupted_saves(const fs::path& series) {
-  const std::string suffix = ".partial/";
   for (const auto& name : directory_entries(series)) {
-    if (name.size() <= suffix.size() ||
-        name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0 ||
-        step_of_directory_name(name.substr(0, name.size() - suffix.size())) < 0) {
-      continue;
-    }
+    if (name.back() != '/') continue;
+    const std::string directory = name.substr(0, name.size() - 1);
+    std::string stem = directory;
+    if (!strip_suffix(stem, ".partial") || step_of_directory_name(stem) < 0) continue;
     std::error_code error;
-    fs::remove_all(series / name.substr(0, name.size() - 1), error);
+    fs::remove_all(series / directory, error);
     if (error) {
       throw CheckpointError("cannot remove " + (series / name).string() + ": " + error.message());
     }
@@ -156,19 +165,16 @@ void check_series_directory(const fs::path& requested) {
   }
   std::vector<std::string> foreign;
   for (const auto& name : directory_entries(series)) {
-    // Our own leftovers of an interrupted save count as ours.
-    std::string stem = name.back() == '/' ? name.substr(0, name.size() - 1) : name;
-    for (const std::string suffix : {".partial", ".previous"}) {
-      if (stem.size() > suffix.size() &&
-          stem.compare(stem.size() - suffix.size(), suffix.size(), suffix) == 0) {
-        stem.resize(stem.size() - suffix.size());
-      }
-    }
-    const bool leftover = stem.size() + 1 < name.size();  // DIR.partial or DIR.previous
-    if (name.back() == '/' && step_of_directory_name(stem) >= 0) {
-      // A leftover of an interrupted save is ours whatever it holds; the
-      // save of that step, or the next pruning, removes it.
-      if (!leftover) check_save_directory(series / name.substr(0, name.size() - 1));
+    const bool is_directory = name.back() == '/';
+    const std::string entry = is_directory ? name.substr(0, name.size() - 1) : name;
+    // Our own leftovers of an interrupted save (DIR.partial, DIR.previous) count as ours.
+    std::string stem = entry;
+    bool leftover = strip_suffix(stem, ".partial");
+    leftover = strip_suffix(stem, ".previous") || leftover;
+    if (is_directory && step_of_directory_name(stem) >= 0) {
+      // A leftover is ours whatever it holds; the save of that step, or the
+      // next pruning, removes it.
+      if (!leftover) check_save_directory(series / entry);
     } else if (stem != kLatestFileName) {
       foreign.push_back(name);
     }
