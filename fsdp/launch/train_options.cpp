@@ -13,6 +13,7 @@
 #include "fsdp/models/hf_config.h"
 #include "fsdp/models/hf_model_io.h"
 #include "fsdp/models/llama_config_json.h"
+#include "fsdp/stages/multi_stage_model.h"
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;
@@ -33,6 +34,9 @@ models::LlamaConfig preset_config(const std::string& preset) {
     config.experts = 4;
     config.experts_per_token = 2;
     config.intermediate = 128;
+    // Balancing on by default, as Fast-LLM and Megatron recommend: plain
+    // top-k routing lets a few experts take most tokens.
+    config.router_aux_loss_coefficient = 0.01;
   } else if (preset == "stacked") {
     config.stacked_layers = true;
   } else if (preset != "dense") {
@@ -154,6 +158,24 @@ void take_model_from_resumed_hf_run(TrainOptions& options) {
       directory != training.end() && directory->is_string() ? directory->get<std::string>() : "";
 }
 
+// --router-aux-loss-coef and --router-z-loss-coef over the model's own
+// (preset or config.json); only for a model with experts.
+void take_router_losses(const po::variables_map& values, TrainOptions& options) {
+  for (const auto& [option, coefficient] :
+       {std::pair{"router-aux-loss-coef", &options.model.router_aux_loss_coefficient},
+        std::pair{"router-z-loss-coef", &options.model.router_z_loss_coefficient}}) {
+    const double value = values[option].as<double>();
+    if (value == -1) continue;
+    if (!std::isfinite(value) || value < 0) {
+      refuse(option, value, "expected a coefficient of 0 or more, or -1 for the model's own");
+    }
+    if (options.model.experts == 0 && value > 0) {
+      refuse(option, value, "the model has no experts, so no router to balance");
+    }
+    *coefficient = value;
+  }
+}
+
 // The data options; opens --data (its headers, not its tokens) for the
 // identity a checkpoint records.
 void take_data(const po::variables_map& values, TrainOptions& options) {
@@ -192,7 +214,14 @@ po::options_description train_options_description() {
       "experts", po::value<std::int64_t>()->default_value(-1),
       "experts per layer (0: dense MLP; -1 keeps the preset's)")(
       "vocabulary", po::value<std::int64_t>()->default_value(0), "vocabulary size")(
-      "tie-embeddings", po::bool_switch(), "the output head reuses the input embedding");
+      "tie-embeddings", po::bool_switch(), "the output head reuses the input embedding")(
+      "router-aux-loss-coef", po::value<double>()->default_value(-1),
+      "MoE load-balancing loss coefficient (E x sum of tokens fraction x mean probability per "
+      "expert, per sequence; -1: the preset's 0.01, or config.json's router_aux_loss_coef when "
+      "its output_router_logits is true, else 0)")(
+      "router-z-loss-coef", po::value<double>()->default_value(-1),
+      "MoE router z-loss coefficient (mean squared logsumexp of the router logits; -1: 0, or "
+      "config.json's router_z_loss_coef as above)");
 
   po::options_description training("Training");
   training.add_options()("steps", po::value<std::int64_t>()->default_value(300),
@@ -251,7 +280,11 @@ po::options_description train_options_description() {
       "shared-gradient-buffers", po::value<int>()->default_value(0),
       "gradient buffers shared round-robin (ZeRO-2/3; 0: one per stage)")(
       "prefetch", po::bool_switch(),
-      "start the next stage's all-gather before the current one computes");
+      "start the next stage's all-gather before the current one computes")(
+      "activation-checkpointing", po::value<std::string>()->default_value("none"),
+      "what the forward keeps for the backward: none (every graph), stages (each stage's "
+      "input; the stage is recomputed before its backward), layers (each layer's input; at "
+      "most one layer's graph is alive). Same losses, less memory, one more forward");
 
   po::options_description io("Checkpoints and output");
   io.add_options()("checkpoint-dir",
@@ -377,6 +410,13 @@ TrainOptions train_options_from(const po::variables_map& values, int world_size)
            "shared gradient buffers need --zero-stage 2 or 3");
   }
   options.prefetch = values["prefetch"].as<bool>();
+  options.activation_checkpointing = values["activation-checkpointing"].as<std::string>();
+  try {
+    stages::parse_activation_checkpointing(options.activation_checkpointing);
+  } catch (const std::invalid_argument&) {
+    refuse("activation-checkpointing", options.activation_checkpointing,
+           "expected none, stages or layers");
+  }
 
   options.checkpoint_dir = values["checkpoint-dir"].as<std::string>();
   if (values["no-checkpoint"].as<bool>() && options.stop_after > 0) {
@@ -417,6 +457,7 @@ TrainOptions train_options_from(const po::variables_map& values, int world_size)
   }
   if (!options.init_from_hf.empty()) take_model_from_hf(values, options);
   if (options.resume) take_model_from_resumed_hf_run(options);
+  take_router_losses(values, options);
   if (values.count("inspect")) options.inspect = values["inspect"].as<std::vector<std::string>>();
   options.log_interval = at_least<std::int64_t>(values, "log-interval", 1);
   take_data(values, options);
@@ -444,6 +485,7 @@ nlohmann::json to_json(const TrainOptions& options) {
       {"zero_stage", options.zero_stage},
       {"compute_dtype", options.compute_dtype},
       {"layers_per_stage", options.layers_per_stage},
+      {"activation_checkpointing", options.activation_checkpointing},
   };
   if (!options.data_identity.is_null()) training["data"] = options.data_identity;
   if (!options.hf_config.is_null()) {

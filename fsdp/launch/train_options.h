@@ -64,6 +64,8 @@ struct TrainOptions {
   int shared_weight_buffers = 0;  // 0: every stage has its own (ZeRO-3 only otherwise)
   int shared_gradient_buffers = 0;
   bool prefetch = false;
+  // stages::ActivationCheckpointing by name: none, stages or layers.
+  std::string activation_checkpointing = "none";
 
   // Checkpoints and I/O.
   std::string checkpoint_dir;              // empty: no checkpoints

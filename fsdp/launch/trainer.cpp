@@ -29,6 +29,7 @@
 #include "fsdp/inspector.h"
 #include "fsdp/launch/cpu_compute.h"
 #include "fsdp/launch/evaluation.h"
+#include "fsdp/launch/expert_load.h"
 #include "fsdp/launch/metrics_file.h"
 #include "fsdp/launch/stop_signals.h"
 #include "fsdp/launch/training_data.h"
@@ -110,6 +111,8 @@ class Training {
     model_options.shared_weight_buffers = options.shared_weight_buffers;
     model_options.shared_gradient_buffers = options.shared_gradient_buffers;
     model_options.prefetch = options.prefetch;
+    model_options.activation_checkpointing =
+        stages::parse_activation_checkpointing(options.activation_checkpointing);
     model_options.fsdp.compute_dtype =
         options.compute_dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
     if (runtime.uses_nccl() && runtime.cuda_device() >= 0) {
@@ -145,7 +148,7 @@ class Training {
       const StepOutcome outcome = train_step(step, [&] { return stop_vote(signals, start); });
       if (!outcome.skipped) losses_.push_back(outcome.loss);
       if (step % options_.log_interval == 0 || step == last_step || step == first_step) {
-        report_progress(step, first_step, last_step, outcome.loss, seconds_since(start));
+        report_progress(step, first_step, last_step, outcome, seconds_since(start));
       }
       if (eval_data_ && (step == last_step ||
                          (options_.eval_interval > 0 && step % options_.eval_interval == 0))) {
@@ -206,10 +209,17 @@ class Training {
         (m.tie_embeddings ? ", tied embeddings" : "") + ", vocabulary " +
         std::to_string(m.vocabulary) + "; " + std::to_string(parameters) + " parameters in " +
         std::to_string(model_->stages().size()) + " flat shards");
+    if (m.experts > 0) {
+      say("router losses: load balancing x " + format("%g", m.router_aux_loss_coefficient) +
+          ", z-loss x " + format("%g", m.router_z_loss_coefficient) +
+          " (per sequence, summed over layers; reported apart from the loss)");
+    }
+    const std::int64_t rows = options_.batch / runtime_.world_size() / options_.micro_batches;
     say("runtime: ZeRO-" + std::to_string(options_.zero_stage) + ", compute " +
         options_.compute_dtype + ", " + std::to_string(options_.layers_per_stage) +
-        " layer(s) per stage" + (options_.prefetch ? ", prefetch" : "") + "; per rank " +
-        model_->memory(optimizer_.get()).describe());
+        " layer(s) per stage" + (options_.prefetch ? ", prefetch" : "") +
+        ", activation checkpointing " + options_.activation_checkpointing + "; per rank " +
+        model_->memory(optimizer_.get(), rows, options_.sequence_length).describe());
     say("data: " + data_.describe(options_.steps) + "; global batch " +
         std::to_string(options_.batch) + " x " + std::to_string(options_.sequence_length) +
         " tokens, " + std::to_string(options_.batch / runtime_.world_size()) +
@@ -271,9 +281,11 @@ class Training {
   }
 
   struct StepOutcome {
-    double loss = 0;       // the mean over ranks
-    bool skipped = false;  // the loss or the gradient norm was not finite: nothing updated
-    bool stop = false;     // some rank asked to stop after this step
+    double loss = 0;            // the mean over ranks (the language-model loss)
+    double auxiliary_loss = 0;  // the router losses, as they entered the objective
+    Imbalance expert_load;      // of this step's tokens, all ranks
+    bool skipped = false;       // the loss or the gradient norm was not finite: nothing updated
+    bool stop = false;          // some rank asked to stop after this step
   };
 
   // This rank's votes to stop after this step, {signal, time limit}, each 0
@@ -304,24 +316,37 @@ class Training {
   // all-reduce: a signal that arrives during a step stops the run after it.
   StepOutcome train_step(std::int64_t step, const std::function<std::array<double, 2>()>& vote) {
     model_->zero_gradients();
+    model_->take_auxiliary_totals();  // start this step's
     double local_loss = 0;
     for (std::int64_t micro = 0; micro < options_.micro_batches; ++micro) {
       auto tokens = data_.micro_batch(step, runtime_.rank(), runtime_.world_size(), micro);
       if (device_.is_cuda()) tokens = tokens.to(device_);
       const auto inputs = tokens.narrow(1, 0, options_.sequence_length);
       const auto targets = tokens.narrow(1, 1, options_.sequence_length);
-      local_loss += model_->forward_backward(inputs, [&](const at::Tensor& logits) {
-        return next_token_loss(logits, targets) / static_cast<double>(options_.micro_batches);
-      });
+      const double share = 1.0 / static_cast<double>(options_.micro_batches);
+      local_loss += model_->forward_backward(
+          inputs,
+          [&](const at::Tensor& logits) { return next_token_loss(logits, targets) * share; },
+          /*auxiliary_weight=*/share);
     }
     model_->reduce_gradients();
-    // The stop votes ride on the loss's all-reduce: no extra collective per
-    // step, and every rank learns the same answer at the same step.
+    // The stop votes, the router losses and the tokens per expert ride on the
+    // loss's all-reduce: no extra collective per step, and every rank learns
+    // the same answer at the same step.
     const auto votes = vote();
-    std::vector<double> reduced = {local_loss, votes[0], votes[1]};
+    const stages::AuxiliaryTotals auxiliary = model_->take_auxiliary_totals();
+    std::size_t experts = 0;
+    const std::vector<double> expert_tokens = flatten_expert_tokens(auxiliary, experts);
+    std::vector<double> reduced = {local_loss, votes[0], votes[1], auxiliary.loss};
+    reduced.insert(reduced.end(), expert_tokens.begin(), expert_tokens.end());
     runtime_.host_group()->all_reduce(host_span(reduced), ReduceOp::kAverage);
     StepOutcome outcome;
     outcome.loss = reduced[0];
+    outcome.auxiliary_loss = reduced[3];
+    const std::vector<double> mean_tokens(reduced.begin() + 4, reduced.end());
+    outcome.expert_load = expert_imbalance(mean_tokens, experts);
+    expert_load_.add(mean_tokens, experts);
+    last_auxiliary_loss_ = outcome.auxiliary_loss;
     outcome.stop = reduced[1] > 0 || reduced[2] > 0;
     if (outcome.stop && stop_reason_.empty()) {
       // Every rank names the same cause (the ranks' clocks differ a little).
@@ -362,25 +387,33 @@ class Training {
   }
 
   void report_progress(std::int64_t step, std::int64_t first_step, std::int64_t last_step,
-                       double loss, double seconds) {
+                       const StepOutcome& outcome, double seconds) {
+    const double loss = outcome.loss;
     const double steps_done = static_cast<double>(step - first_step + 1);
     const double per_step = seconds / steps_done;
     const double tokens_per_second =
         steps_done * static_cast<double>(options_.batch * options_.sequence_length) /
         std::max(seconds, 1e-9);
     if (!options_.metrics_file.empty()) {
-      write_metrics(step, loss, tokens_per_second, seconds);  // collective: on every rank
+      write_metrics(step, outcome, tokens_per_second, seconds);  // collective: on every rank
     }
+    const std::string routing = options_.model.experts == 0
+                                    ? std::string()
+                                    : "  aux " + format("%.5f", outcome.auxiliary_loss) +
+                                          "  expert load " +
+                                          format("%.2f", outcome.expert_load.worst);
     say("step " + std::to_string(step) + "/" + std::to_string(options_.steps) + "  loss " +
-        format("%.6f", loss) + "  lr " + format("%.2e", schedule_.at(step)) + "  grad norm " +
-        format("%.3f", last_gradient_norm_) + "  " + format("%.0f", tokens_per_second) +
-        " tokens/s  elapsed " + clock_time(seconds) + "  left " +
-        clock_time(per_step * static_cast<double>(last_step - step)));
+        format("%.6f", loss) + routing + "  lr " + format("%.2e", schedule_.at(step)) +
+        "  grad norm " + format("%.3f", last_gradient_norm_) + "  " +
+        format("%.0f", tokens_per_second) + " tokens/s  elapsed " + clock_time(seconds) +
+        "  left " + clock_time(per_step * static_cast<double>(last_step - step)));
   }
 
   // One line of --metrics-file. Collective (the largest peak memory over the
   // ranks): every rank calls it at the same logged steps.
-  void write_metrics(std::int64_t step, double loss, double tokens_per_second, double seconds) {
+  void write_metrics(std::int64_t step, const StepOutcome& outcome, double tokens_per_second,
+                     double seconds) {
+    const double loss = outcome.loss;
     rusage usage{};
     getrusage(RUSAGE_SELF, &usage);
     std::vector<double> peak_mib = {static_cast<double>(usage.ru_maxrss) / 1024.0};  // KiB
@@ -391,15 +424,19 @@ class Training {
     const auto number = [](double value) {
       return std::isfinite(value) ? nlohmann::ordered_json(value) : nlohmann::ordered_json();
     };
-    metrics_->write({{"step", step},
-                     {"loss", number(loss)},
-                     {"lr", schedule_.at(step)},
-                     {"grad_norm", number(last_gradient_norm_)},
-                     {"tokens_per_second", tokens_per_second},
-                     {"elapsed_seconds", seconds},
-                     {"collective_wait_seconds", statistics.exposed_seconds()},
-                     {"skipped_steps", skipped_steps_},
-                     {"peak_rss_mib_max_over_ranks", peak_mib[0]}});
+    nlohmann::ordered_json line = {{"step", step}, {"loss", number(loss)}};
+    if (options_.model.experts > 0) {
+      line["aux_loss"] = number(outcome.auxiliary_loss);
+      line["expert_load_max_over_mean"] = outcome.expert_load.worst;
+    }
+    line.update(nlohmann::ordered_json{{"lr", schedule_.at(step)},
+                                       {"grad_norm", number(last_gradient_norm_)},
+                                       {"tokens_per_second", tokens_per_second},
+                                       {"elapsed_seconds", seconds},
+                                       {"collective_wait_seconds", statistics.exposed_seconds()},
+                                       {"skipped_steps", skipped_steps_},
+                                       {"peak_rss_mib_max_over_ranks", peak_mib[0]}});
+    metrics_->write(line);
   }
 
   void save(std::int64_t step) {
@@ -519,6 +556,13 @@ class Training {
         " tokens/s, " +
         format("%.1f", 100.0 * statistics.exposed_seconds() / std::max(seconds, 1e-9)) +
         "% of the time waiting on collectives");
+    if (expert_load_.steps() > 0) {
+      const Imbalance load = expert_load_.imbalance();
+      say("experts: load (max / mean tokens per expert) over the last " +
+          std::to_string(expert_load_.steps()) + " steps " + format("%.3f", load.worst) +
+          " in the worst layer, " + format("%.3f", load.mean) +
+          " on average; router losses at the last step " + format("%.5f", last_auxiliary_loss_));
+    }
     if (eval_losses_.size() >= 2) {
       say("eval loss " + format("%.6f", eval_losses_.front()) + " -> " +
           format("%.6f", eval_losses_.back()));
@@ -541,6 +585,8 @@ class Training {
   std::unique_ptr<stages::ShardedAdamW> optimizer_;
   stages::LearningRateSchedule schedule_;
   std::vector<double> losses_;
+  ExpertLoadWindow expert_load_{50};  // the summary's window
+  double last_auxiliary_loss_ = 0;
   double last_gradient_norm_ = 0;
   std::int64_t saved_step_ = 0;
   double last_save_seconds_ = 0;

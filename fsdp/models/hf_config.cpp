@@ -1,6 +1,7 @@
 #include "fsdp/models/hf_config.h"
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <map>
 #include <set>
@@ -208,6 +209,18 @@ void read_experts(const ConfigFields& fields, const std::string& type, LlamaConf
        {"shared_expert_intermediate_size", "n_shared_experts", "num_shared_experts"}) {
     fields.require_neutral(shared, 0, "shared experts are not supported");
   }
+  // transformers adds the balancing loss to the training loss only when
+  // output_router_logits is set (false by default), with router_aux_loss_coef.
+  if (fields.boolean_or("output_router_logits", false)) {
+    for (const auto& [field, coefficient] :
+         {std::pair{"router_aux_loss_coef", &model.router_aux_loss_coefficient},
+          std::pair{"router_z_loss_coef", &model.router_z_loss_coefficient}}) {
+      *coefficient = fields.number_or(field, 0.0);
+      if (!std::isfinite(*coefficient) || *coefficient < 0) {
+        fields.refuse(field, std::to_string(*coefficient), "expected a coefficient of 0 or more");
+      }
+    }
+  }
   if (type == "mixtral") {
     model.expert_naming = HfExpertNaming::kMixtral;
     model.normalize_top_k = true;
@@ -262,6 +275,8 @@ LlamaConfig function_of(LlamaConfig config) {
   if (config.sliding_window == 0) config.sliding_layers.clear();
   config.max_sequence = 0;
   config.init_std = 0;
+  config.router_aux_loss_coefficient = 0;  // training losses, not the function
+  config.router_z_loss_coefficient = 0;
   config.stacked_layers = false;
   config.expert_naming = HfExpertNaming::kQwen;
   return config;

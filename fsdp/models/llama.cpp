@@ -7,6 +7,7 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace fsdp::models {
 namespace {
@@ -29,6 +30,11 @@ class TokenEmbedding final : public Layer {
   void bind(std::vector<at::Tensor> parameters) override { weight_ = parameters.at(0); }
   // input: token ids [batch, sequence] -> [batch, sequence, hidden]
   at::Tensor forward(const at::Tensor& tokens) override { return at::embedding(weight_, tokens); }
+  stages::ActivationBytes activation_bytes(std::int64_t batch, std::int64_t sequence,
+                                           std::int64_t element_size) const override {
+    // The token ids (int64) are kept; the output is the first block's input.
+    return {batch * sequence * 8, batch * sequence * config_.hidden * element_size};
+  }
 
  private:
   LlamaConfig config_;
@@ -101,6 +107,28 @@ class DecoderBlock final : public Layer {
     for (std::size_t i = 0; i < parameters.size(); ++i) {
       bound_[static_cast<std::size_t>(roles_.at(i))] = std::move(parameters[i]);
     }
+  }
+
+  stages::SideOutputs take_side_outputs() override { return std::exchange(side_, {}); }
+
+  stages::ActivationBytes activation_bytes(std::int64_t batch, std::int64_t sequence,
+                                           std::int64_t element_size) const override {
+    // Per token, what autograd keeps of the code below (norms keep input and
+    // output, projections their input, the attention its softmax), and the
+    // attention's scores while they are computed.
+    const std::int64_t h = config_.hidden;
+    const std::int64_t query = config_.heads * head_size_;
+    const std::int64_t key_value = kv_heads_ * head_size_;
+    std::int64_t per_token = 6 * h + 3 * (query + 2 * key_value) + query;
+    if (kv_heads_ != config_.heads) per_token += 2 * query;  // repeated keys and values
+    per_token += 2 * config_.heads * sequence;               // softmax and scores
+    if (!moe_) {
+      per_token += 4 * config_.intermediate;
+    } else {
+      const std::int64_t k = config_.experts_per_token;
+      per_token += 3 * config_.experts + k * (3 * h + 4 * config_.experts_intermediate());
+    }
+    return {batch * sequence * per_token * element_size, batch * sequence * h * element_size};
   }
 
   at::Tensor forward(const at::Tensor& x) override {
@@ -228,12 +256,14 @@ class DecoderBlock final : public Layer {
   // it (gathered by index), and its outputs are added back weighted by the
   // token's router probability (renormalised over the top k when the config
   // says so): differentiable end to end.
-  at::Tensor mixture_of_experts(const at::Tensor& x) const {
+  at::Tensor mixture_of_experts(const at::Tensor& x) {
     const at::Tensor& gate_up = get(Role::kExpertsGateUp);  // [E, 2I, H]
     const at::Tensor& down = get(Role::kExpertsDown);       // [E, H, I]
     const at::Tensor tokens = x.reshape({-1, config_.hidden});
-    const at::Tensor probabilities = at::softmax(at::linear(tokens, get(Role::kRouter)), -1);
+    const at::Tensor logits = at::linear(tokens, get(Role::kRouter));
+    const at::Tensor probabilities = at::softmax(logits, -1);
     const auto [top_probabilities, top_experts] = probabilities.topk(config_.experts_per_token, -1);
+    record_routing(logits, probabilities, top_experts, x.size(0));
     const at::Tensor weights = config_.normalize_top_k
                                    ? top_probabilities / top_probabilities.sum(-1, true)
                                    : top_probabilities;
@@ -249,6 +279,36 @@ class DecoderBlock final : public Layer {
       output = output.index_add(0, token_index, expert_output * token_weight);
     }
     return output.view(x.sizes());
+  }
+
+  // The tokens per expert and the router losses (LlamaConfig's
+  // router_*_coefficient), per sequence: `logits` and `probabilities` are
+  // [sequences * T, E], `top_experts` [sequences * T, k].
+  void record_routing(const at::Tensor& logits, const at::Tensor& probabilities,
+                      const at::Tensor& top_experts, std::int64_t sequences) {
+    const std::int64_t experts = config_.experts;
+    // [sequences, T, E]: 1 where the token goes to the expert (top-k experts are distinct).
+    const at::Tensor routed = at::zeros({top_experts.size(0), experts}, top_experts.options())
+                                  .scatter_(1, top_experts, 1)
+                                  .view({sequences, -1, experts});
+    const at::Tensor per_sequence = routed.sum(1);  // [sequences, E]
+    side_.expert_tokens = per_sequence.sum(0);
+    at::Tensor loss;
+    const auto add = [&loss](const at::Tensor& term) {
+      loss = loss.defined() ? loss + term : term;
+    };
+    if (config_.router_aux_loss_coefficient != 0) {
+      const auto length = static_cast<double>(routed.size(1));
+      const at::Tensor fraction = per_sequence.to(probabilities.scalar_type()) / length;
+      const at::Tensor mean_probability = probabilities.view({sequences, -1, experts}).mean(1);
+      add((fraction * mean_probability).sum(-1).mean() *
+          (static_cast<double>(experts) * config_.router_aux_loss_coefficient));
+    }
+    if (config_.router_z_loss_coefficient != 0) {
+      add(at::logsumexp(logits.to(at::kFloat), -1).square().mean() *
+          config_.router_z_loss_coefficient);
+    }
+    side_.auxiliary_loss = loss;
   }
 
   // Rotary embedding, "rotate half" convention: x * cos + rotate_half(x) * sin.
@@ -267,6 +327,7 @@ class DecoderBlock final : public Layer {
   at::Tensor causal_mask_;
   std::vector<Role> roles_;
   std::array<at::Tensor, static_cast<std::size_t>(Role::kCount)> bound_;
+  stages::SideOutputs side_;  // of the last forward, until taken
 };
 
 // Every decoder block's parameters stacked along a leading [layers] dimension;
@@ -287,6 +348,8 @@ class StackedDecoder final : public Layer {
   }
   void bind(std::vector<at::Tensor> parameters) override { stacked_ = std::move(parameters); }
   at::Tensor forward(const at::Tensor& x) override {
+    side_ = {};
+    std::vector<at::Tensor> block_tokens;
     at::Tensor activation = x;
     for (std::size_t l = 0; l < blocks_.size(); ++l) {
       // Slices are taken here, inside the graph of this forward, so that
@@ -297,13 +360,33 @@ class StackedDecoder final : public Layer {
       }
       blocks_[l]->bind(std::move(slices));
       activation = blocks_[l]->forward(activation);
+      stages::SideOutputs block = blocks_[l]->take_side_outputs();
+      if (block.auxiliary_loss.defined()) {
+        side_.auxiliary_loss = side_.auxiliary_loss.defined()
+                                   ? side_.auxiliary_loss + block.auxiliary_loss
+                                   : block.auxiliary_loss;
+      }
+      if (block.expert_tokens.defined()) block_tokens.push_back(block.expert_tokens);
     }
+    if (!block_tokens.empty()) side_.expert_tokens = at::stack(block_tokens);
     return activation;
+  }
+  stages::SideOutputs take_side_outputs() override { return std::exchange(side_, {}); }
+  stages::ActivationBytes activation_bytes(std::int64_t batch, std::int64_t sequence,
+                                           std::int64_t element_size) const override {
+    stages::ActivationBytes total;
+    for (const auto& block : blocks_) {
+      const stages::ActivationBytes one = block->activation_bytes(batch, sequence, element_size);
+      total.saved += one.saved;
+      total.output = one.output;
+    }
+    return total;
   }
 
  private:
   std::vector<std::unique_ptr<DecoderBlock>> blocks_;
   std::vector<at::Tensor> stacked_;
+  stages::SideOutputs side_;
 };
 
 class OutputHead final : public Layer {
@@ -320,6 +403,14 @@ class OutputHead final : public Layer {
              ParameterInit::normal(0, config_.init_std)}};
   }
   void bind(std::vector<at::Tensor> parameters) override { parameters_ = std::move(parameters); }
+  stages::ActivationBytes activation_bytes(std::int64_t batch, std::int64_t sequence,
+                                           std::int64_t element_size) const override {
+    // The norm's input and output, and the logits, which the loss keeps in
+    // float32 (its log-softmax) besides the logits themselves.
+    const std::int64_t tokens = batch * sequence;
+    return {tokens * (2 * config_.hidden * element_size + config_.vocabulary * 4),
+            tokens * config_.vocabulary * element_size};
+  }
   // -> logits [batch, sequence, vocabulary]
   at::Tensor forward(const at::Tensor& x) override {
     return at::linear(rms_norm(x, parameters_.at(0), config_.rms_epsilon), parameters_.at(1));

@@ -90,6 +90,17 @@ struct LlamaConfig {
   bool normalize_top_k = true;
   std::vector<std::int64_t> dense_layers;
   HfExpertNaming expert_naming = HfExpertNaming::kQwen;
+  // MoE router losses, for training (they do not change what the model
+  // computes). Each MoE layer adds, per sequence of T tokens and averaged over
+  // the sequences of a micro-batch (so that no loss depends on how sequences
+  // are spread over ranks and micro-batches):
+  //   load balancing (Switch; transformers' load_balancing_loss_func on one
+  //   sequence):  E * sum_e (tokens routed to e / T) * (mean router probability of e)
+  //   z-loss (ST-MoE): mean over tokens of logsumexp(router logits)^2
+  // times these coefficients; 0 turns a loss off. Uniform routing gives a
+  // balancing loss of experts_per_token.
+  double router_aux_loss_coefficient = 0;
+  double router_z_loss_coefficient = 0;
 
   std::int64_t key_value_heads() const { return kv_heads > 0 ? kv_heads : heads; }
   std::int64_t head_size() const { return head_dim > 0 ? head_dim : hidden / heads; }

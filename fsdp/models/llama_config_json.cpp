@@ -40,6 +40,8 @@ void for_each_field(Config& config, Visit&& visit) {
   visit("expert_intermediate", config.expert_intermediate);
   visit("normalize_top_k", config.normalize_top_k);
   visit("dense_layers", config.dense_layers);
+  visit("router_aux_loss_coefficient", config.router_aux_loss_coefficient);
+  visit("router_z_loss_coefficient", config.router_z_loss_coefficient);
 }
 
 // The enumerations, as the strings config.json files use.

@@ -12,11 +12,31 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
 #include <vector>
 
 #include "fsdp/flat_layout.h"
 
 namespace fsdp::stages {
+
+// What a layer's forward() produced besides its output. The model collects it
+// after every forward (Layer::take_side_outputs).
+struct SideOutputs {
+  // A scalar the training objective adds (a router's load-balancing and
+  // z-losses, already weighted by their coefficients), in the graph of that
+  // forward: the model differentiates it together with the output. Undefined: none.
+  at::Tensor auxiliary_loss;
+  // Tokens routed to each expert, [experts] or [sublayers, experts] (a stack
+  // of blocks), for the load report. Undefined: the layer routes nothing.
+  at::Tensor expert_tokens;
+};
+
+// What a layer's forward keeps alive for its backward, for a memory estimate
+// before the first step. Both in bytes.
+struct ActivationBytes {
+  std::int64_t saved = 0;   // tensors autograd keeps from forward to backward
+  std::int64_t output = 0;  // the layer's output (the next layer's input)
+};
 
 class Layer {
  public:
@@ -40,6 +60,18 @@ class Layer {
   virtual at::Tensor initial_value(std::size_t index) const { return {}; }
   // Called once those values are in the shards: the layer may free them.
   virtual void release_initial_values() {}
+
+  // The side outputs of the last forward(), handed over once: the layer
+  // forgets them (and the graph they hold). Default: none.
+  virtual SideOutputs take_side_outputs() { return {}; }
+
+  // An estimate of what forward() on a [batch, sequence] input keeps for the
+  // backward, with activations of `element_size` bytes. Default: unknown (0),
+  // which the model's memory report states as such.
+  virtual ActivationBytes activation_bytes(std::int64_t batch, std::int64_t sequence,
+                                           std::int64_t element_size) const {
+    return {};
+  }
 };
 
 }  // namespace fsdp::stages

@@ -44,7 +44,52 @@ std::string mebibytes(std::int64_t bytes) {
   return text;
 }
 
+// Backward from a segment's output (with `output_gradient`) and from its
+// auxiliary loss (weighted); nothing when neither carries a gradient.
+void backward_segment(const at::Tensor& output, const at::Tensor& output_gradient,
+                      const at::Tensor& auxiliary_loss, double auxiliary_weight) {
+  std::vector<at::Tensor> roots;
+  std::vector<at::Tensor> gradients;
+  if (output_gradient.defined() && output.requires_grad()) {
+    roots.push_back(output);
+    gradients.push_back(output_gradient);
+  }
+  if (auxiliary_loss.defined() && auxiliary_loss.requires_grad()) {
+    roots.push_back(auxiliary_loss);
+    gradients.push_back(at::full_like(auxiliary_loss, auxiliary_weight));
+  }
+  if (!roots.empty()) torch::autograd::backward(roots, gradients);
+}
+
+// A recomputed segment's input: a leaf whose gradient the backward fills in
+// (only floating-point activations have one; token ids do not).
+at::Tensor recompute_leaf(const at::Tensor& input) {
+  if (!input.is_floating_point() || input.requires_grad()) return input;
+  return input.detach().requires_grad_(true);
+}
+
 }  // namespace
+
+const char* activation_checkpointing_name(ActivationCheckpointing mode) {
+  switch (mode) {
+    case ActivationCheckpointing::kNone:
+      return "none";
+    case ActivationCheckpointing::kStages:
+      return "stages";
+    case ActivationCheckpointing::kLayers:
+      return "layers";
+  }
+  return "?";
+}
+
+ActivationCheckpointing parse_activation_checkpointing(const std::string& name) {
+  for (auto mode : {ActivationCheckpointing::kNone, ActivationCheckpointing::kStages,
+                    ActivationCheckpointing::kLayers}) {
+    if (name == activation_checkpointing_name(mode)) return mode;
+  }
+  throw std::invalid_argument("activation checkpointing '" + name +
+                              "' (expected none, stages or layers)");
+}
 
 std::string ModelMemory::describe() const {
   // Aliased shards live inside their buffers (Note [Shard aliasing]): say so
@@ -52,10 +97,15 @@ std::string ModelMemory::describe() const {
   const std::string shards = weight_shards == 0 && weight_buffers > 0
                                  ? std::string("inside the weight buffers")
                                  : mebibytes(weight_shards);
-  return "total " + mebibytes(total()) + ": weight shards " + shards + ", gradient shards " +
-         mebibytes(gradient_shards) + ", optimizer state " + mebibytes(optimizer_state) +
-         ", weight buffers " + mebibytes(weight_buffers) + ", gradient buffers " +
-         mebibytes(gradient_buffers);
+  std::string text = "total " + mebibytes(total()) + ": weight shards " + shards +
+                     ", gradient shards " + mebibytes(gradient_shards) + ", optimizer state " +
+                     mebibytes(optimizer_state) + ", weight buffers " + mebibytes(weight_buffers) +
+                     ", gradient buffers " + mebibytes(gradient_buffers);
+  if (activations > 0 || activations_partly_unknown) {
+    text += "; activations about " + mebibytes(activations) + " per micro-batch (estimate" +
+            (activations_partly_unknown ? ", some layers not counted)" : ")");
+  }
+  return text;
 }
 
 MultiStageModel::MultiStageModel(std::vector<std::unique_ptr<Layer>> layers,
@@ -102,6 +152,7 @@ void MultiStageModel::build_stages(const std::shared_ptr<ProcessGroup>& group) {
   for (std::size_t first = 0; first < layers_.size(); first += per_stage) {
     Stage stage;
     std::vector<ParameterSpec> specs;
+    stage.first_layer = first;
     for (std::size_t l = first; l < std::min(layers_.size(), first + per_stage); ++l) {
       stage.layers.push_back(layers_[l].get());
       for (const ParameterSpec& spec : declared[l]) {
@@ -251,14 +302,58 @@ void MultiStageModel::prefetch(std::size_t index) {
   if (fsdp != nullptr && fsdp->may_begin_restore()) fsdp->begin_restore();
 }
 
-at::Tensor MultiStageModel::run_layers(Stage& stage, const at::Tensor& input, Fsdp* prefetching) {
-  at::Tensor activation = input;
-  for (Layer* layer : stage.layers) {
-    activation = layer->forward(activation);
+MultiStageModel::SegmentResult MultiStageModel::run_segment(Stage& stage, std::size_t first,
+                                                            std::size_t end,
+                                                            const at::Tensor& input,
+                                                            Fsdp* prefetching, bool record,
+                                                            double auxiliary_weight) {
+  SegmentResult result;
+  result.output = input;
+  for (std::size_t l = first; l < end; ++l) {
+    Layer* layer = stage.layers[l];
+    result.output = layer->forward(result.output);
+    SideOutputs side = layer->take_side_outputs();
+    if (side.auxiliary_loss.defined()) {
+      result.auxiliary_loss = result.auxiliary_loss.defined()
+                                  ? result.auxiliary_loss + side.auxiliary_loss
+                                  : side.auxiliary_loss;
+      if (record) {
+        const at::Tensor weighted = side.auxiliary_loss.detach() * auxiliary_weight;
+        auxiliary_loss_total_ =
+            auxiliary_loss_total_.defined() ? auxiliary_loss_total_ + weighted : weighted;
+      }
+    }
+    if (record && side.expert_tokens.defined()) {
+      at::Tensor& total = expert_tokens_total_.at(stage.first_layer + l);
+      const at::Tensor counts = side.expert_tokens.detach().to(at::kCPU, at::kDouble);
+      total = total.defined() ? total + counts : counts;
+    }
     // Between layers: let the next stage's all-gather advance (Note [MPI progress]).
     if (prefetching != nullptr) prefetching->progress();
   }
-  return activation;
+  return result;
+}
+
+std::vector<std::pair<std::size_t, std::size_t>> MultiStageModel::segments(
+    const Stage& stage) const {
+  const std::size_t count = stage.layers.size();
+  if (options_.activation_checkpointing != ActivationCheckpointing::kLayers) return {{0, count}};
+  std::vector<std::pair<std::size_t, std::size_t>> result;
+  for (std::size_t l = 0; l < count; ++l) result.emplace_back(l, l + 1);
+  return result;
+}
+
+AuxiliaryTotals MultiStageModel::take_auxiliary_totals() {
+  AuxiliaryTotals totals;
+  if (auxiliary_loss_total_.defined()) totals.loss = auxiliary_loss_total_.item<double>();
+  auxiliary_loss_total_ = at::Tensor();
+  for (std::size_t l = 0; l < expert_tokens_total_.size(); ++l) {
+    if (expert_tokens_total_[l].defined()) {
+      totals.expert_tokens.emplace_back(l, std::move(expert_tokens_total_[l]));
+      expert_tokens_total_[l] = at::Tensor();
+    }
+  }
+  return totals;
 }
 
 Fsdp* MultiStageModel::prefetch_target(std::size_t index) {
@@ -266,37 +361,89 @@ Fsdp* MultiStageModel::prefetch_target(std::size_t index) {
   return stages_[index].fsdp.get();
 }
 
-double MultiStageModel::forward_backward(const at::Tensor& input, const LossFunction& loss) {
+double MultiStageModel::forward_backward(const at::Tensor& input, const LossFunction& loss,
+                                         double auxiliary_weight) {
   const bool zero3 = options_.zero_stage == 3;
   const bool reduce_in_backward = options_.zero_stage >= 2;
+  const bool recompute = options_.activation_checkpointing != ActivationCheckpointing::kNone;
   const std::size_t count = stages_.size();
+  if (expert_tokens_total_.empty()) expert_tokens_total_.resize(layers_.size());
   if (tied_) {
     tied_->restore_parameters();
     if (reduce_in_backward) tied_->zero_gradient_buffer();
   }
-  std::vector<at::Tensor> inputs(count);
-  std::vector<at::Tensor> outputs(count);
+  // Per stage: its input, its output, and either the graph (no
+  // checkpointing: output and auxiliary loss hold it) or the inputs of the
+  // segments to recompute.
+  struct StagePass {
+    at::Tensor input;
+    SegmentResult result;
+    std::vector<at::Tensor> segment_inputs;
+  };
+  std::vector<StagePass> passes(count);
   for (std::size_t s = 0; s < count; ++s) {
     restore(stages_[s]);
     prefetch(s + 1);
+    StagePass& pass = passes[s];
     // Stage boundaries: the next stage starts from a detached leaf, whose
     // gradient after that stage's backward is this stage's output gradient.
-    inputs[s] = s == 0 ? input : outputs[s - 1].detach().requires_grad_(true);
-    outputs[s] = run_layers(stages_[s], inputs[s], prefetch_target(s + 1));
+    pass.input = s == 0 ? input : passes[s - 1].result.output.detach().requires_grad_(true);
+    if (!recompute) {
+      pass.result = run_segment(stages_[s], 0, stages_[s].layers.size(), pass.input,
+                                prefetch_target(s + 1), /*record=*/true, auxiliary_weight);
+    } else {
+      at::NoGradGuard no_graph;
+      at::Tensor activation = pass.input;
+      for (const auto& [first, end] : segments(stages_[s])) {
+        pass.segment_inputs.push_back(activation);
+        activation = run_segment(stages_[s], first, end, activation, prefetch_target(s + 1),
+                                 /*record=*/true, auxiliary_weight)
+                         .output;
+      }
+      pass.result.output = activation;
+    }
     // The last stage stays restored: its backward comes next.
     if (zero3 && s + 1 < count && stages_[s].fsdp) stages_[s].fsdp->release();
   }
-  const at::Tensor loss_value = loss(outputs.back());
+  // Under checkpointing the last output has no graph: the loss is taken on a
+  // leaf, whose gradient then enters the recomputed last stage.
+  const at::Tensor loss_input = recompute
+                                    ? passes.back().result.output.detach().requires_grad_(true)
+                                    : passes.back().result.output;
+  const at::Tensor loss_value = loss(loss_input);
+  const double loss_result = loss_value.item<double>();
   for (std::size_t s = count; s-- > 0;) {
     Stage& stage = stages_[s];
+    StagePass& pass = passes[s];
     restore(stage);  // ZeRO-3: again; otherwise it still is
     if (s > 0) prefetch(s - 1);
     if (reduce_in_backward && stage.fsdp) stage.fsdp->zero_gradient_buffer();
-    if (s + 1 == count) {
-      torch::autograd::backward({loss_value});
-    } else if (outputs[s].requires_grad() && inputs[s + 1].grad().defined()) {
-      torch::autograd::backward({outputs[s]}, {inputs[s + 1].grad()});
+    const bool last = s + 1 == count;
+    if (!recompute) {
+      if (last) {
+        backward_segment(loss_value, at::ones_like(loss_value), pass.result.auxiliary_loss,
+                         auxiliary_weight);
+      } else {
+        backward_segment(pass.result.output, passes[s + 1].input.grad(), pass.result.auxiliary_loss,
+                         auxiliary_weight);
+      }
+    } else {
+      if (last) torch::autograd::backward({loss_value});
+      at::Tensor gradient = last ? loss_input.grad() : passes[s + 1].input.grad();
+      const auto ranges = segments(stage);
+      for (std::size_t k = ranges.size(); k-- > 0;) {
+        const at::Tensor leaf = k == 0 ? pass.input : recompute_leaf(pass.segment_inputs[k]);
+        const SegmentResult again =
+            run_segment(stage, ranges[k].first, ranges[k].second, leaf,
+                        s > 0 ? prefetch_target(s - 1) : nullptr, /*record=*/false);
+        backward_segment(again.output, gradient, again.auxiliary_loss, auxiliary_weight);
+        gradient = leaf.requires_grad() ? leaf.grad() : at::Tensor();
+        pass.segment_inputs[k] = at::Tensor();
+      }
     }
+    // This stage's graph is spent: free it before the next stage recomputes.
+    pass.result = SegmentResult();
+    if (s + 1 < count) passes[s + 1].input = at::Tensor();
     if (stage.fsdp) {
       if (reduce_in_backward) {
         stage.fsdp->reduce_gradients(GradientReduction::kAverage, GradientUpdate::kAccumulate);
@@ -310,7 +457,7 @@ double MultiStageModel::forward_backward(const at::Tensor& input, const LossFunc
     }
     if (zero3) tied_->release();
   }
-  return loss_value.item<double>();
+  return loss_result;
 }
 
 void MultiStageModel::reduce_gradients() {
@@ -326,7 +473,9 @@ at::Tensor MultiStageModel::forward(const at::Tensor& input) {
   for (std::size_t s = 0; s < stages_.size(); ++s) {
     restore(stages_[s]);
     prefetch(s + 1);
-    activation = run_layers(stages_[s], activation, prefetch_target(s + 1));
+    activation = run_segment(stages_[s], 0, stages_[s].layers.size(), activation,
+                             prefetch_target(s + 1), /*record=*/false)
+                     .output;
     if (zero3 && stages_[s].fsdp) stages_[s].fsdp->release();
   }
   if (zero3 && tied_) tied_->release();
@@ -349,8 +498,42 @@ void MultiStageModel::reset_communication_statistics() {
   for (Fsdp* fsdp : stages()) fsdp->reset_communication_statistics();
 }
 
-ModelMemory MultiStageModel::memory(const ShardedAdamW* optimizer) const {
+std::int64_t MultiStageModel::activation_estimate(std::int64_t rows, std::int64_t sequence,
+                                                  bool& partly_unknown) const {
+  const auto element_size =
+      static_cast<std::int64_t>(c10::elementSize(options_.fsdp.compute_dtype));
+  std::vector<ActivationBytes> bytes;
+  for (const auto& layer : layers_) {
+    bytes.push_back(layer->activation_bytes(rows, sequence, element_size));
+    if (bytes.back().saved == 0 && bytes.back().output == 0) partly_unknown = true;
+  }
+  // The loss keeps the last output and its gradient.
+  const std::int64_t loss = 2 * bytes.back().output;
+  std::int64_t kept = 0;     // alive from forward to backward
+  std::int64_t working = 0;  // the largest graph alive at once under checkpointing
+  for (const Stage& stage : stages_) {
+    for (const auto& [first, end] : segments(stage)) {
+      std::int64_t graph = 0;
+      for (std::size_t l = first; l < end; ++l) graph += bytes[stage.first_layer + l].saved;
+      if (options_.activation_checkpointing == ActivationCheckpointing::kNone) {
+        kept += graph;
+      } else {
+        // The segment's input: the previous layer's output.
+        const std::size_t before = stage.first_layer + first;
+        if (before > 0) kept += bytes[before - 1].output;
+        working = std::max(working, graph);
+      }
+    }
+  }
+  return kept + working + loss;
+}
+
+ModelMemory MultiStageModel::memory(const ShardedAdamW* optimizer, std::int64_t rows,
+                                    std::int64_t sequence) const {
   ModelMemory memory;
+  if (rows > 0) {
+    memory.activations = activation_estimate(rows, sequence, memory.activations_partly_unknown);
+  }
   auto add = [&](const Fsdp& fsdp) {
     const StageMemory stage = fsdp.memory();
     memory.weight_shards += stage.weight_shard;

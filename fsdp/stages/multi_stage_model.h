@@ -36,6 +36,22 @@
 // collective on it is in flight: Note [Buffer ordering] enforces it, and a
 // prefetch into a buffer another stage still holds is simply not started.
 //
+// Activation checkpointing (MultiStageOptions::activation_checkpointing):
+// the forward runs without autograd and keeps only the inputs of the
+// checkpointed segments (a whole stage, or each layer); each segment's
+// forward runs again, with autograd, right before its backward -- after the
+// stage's restore that ZeRO-3 does for the backward anyway, so recomputing
+// costs no extra all-gather. The recomputation is the same computation on the
+// same weights and inputs, so losses and gradients are bitwise those of the
+// run without checkpointing (tests/activation_checkpointing_test.cpp).
+//
+// Auxiliary losses: after each layer's forward the model takes its side
+// outputs (Layer::take_side_outputs): an auxiliary loss (a router's
+// balancing loss) is differentiated with the layer's output, weighted by
+// forward_backward's `auxiliary_weight`; its value and the experts' token
+// counts add up in auxiliary totals (take_auxiliary_totals()). Recomputed
+// forwards record nothing, so nothing is counted twice.
+//
 // Tied parameters: a parameter name declared by more than one layer (for
 // example "embedding.weight" by the embedding and by the output head) is one
 // parameter. It lives in a separate stage ("stage.tied") with its own
@@ -61,6 +77,18 @@ namespace fsdp::stages {
 
 class ShardedAdamW;
 
+// What the forward keeps for the backward.
+enum class ActivationCheckpointing {
+  kNone,    // every stage's autograd graph, from its forward to its backward
+  kStages,  // each stage's input; the stage's forward runs again before its backward
+  kLayers,  // each layer's input; layers run again one at a time in the backward,
+            // so at most one layer's graph (its attention scores) is alive
+};
+// "none", "stages", "layers" (the --activation-checkpointing spellings).
+const char* activation_checkpointing_name(ActivationCheckpointing mode);
+// Throws std::invalid_argument naming the value and the accepted ones.
+ActivationCheckpointing parse_activation_checkpointing(const std::string& name);
+
 struct MultiStageOptions {
   int layers_per_stage = 1;
   int zero_stage = 1;  // 1, 2 or 3
@@ -71,7 +99,18 @@ struct MultiStageOptions {
   // Gradient buffers shared round-robin; 0: every stage has its own. Needs zero_stage >= 2.
   int shared_gradient_buffers = 0;
   bool prefetch = false;
+  ActivationCheckpointing activation_checkpointing = ActivationCheckpointing::kNone;
   FsdpOptions fsdp;
+};
+
+// The side outputs of every layer's forwards since the last take, on the CPU.
+struct AuxiliaryTotals {
+  // Sum of the auxiliary losses as they entered the objective (each weighted
+  // by forward_backward's auxiliary_weight).
+  double loss = 0;
+  // Per layer that routes tokens, by its index in the model's layers: tokens
+  // per expert, [experts] or [sublayers, experts], summed over the forwards, as double.
+  std::vector<std::pair<std::size_t, at::Tensor>> expert_tokens;
 };
 
 // The bytes the runtime holds on this rank, each buffer counted once.
@@ -81,6 +120,11 @@ struct ModelMemory {
   std::int64_t optimizer_state = 0;
   std::int64_t weight_buffers = 0;  // own and shared
   std::int64_t gradient_buffers = 0;
+  // An estimate of the activations one micro-batch keeps alive at its peak
+  // (MultiStageModel::memory with a batch shape; 0 without one). Not in total():
+  // the runtime's buffers are exact, this is a model of autograd's.
+  std::int64_t activations = 0;
+  bool activations_partly_unknown = false;  // some layer gave no estimate
   std::int64_t total() const {
     return weight_shards + gradient_shards + optimizer_state + weight_buffers + gradient_buffers;
   }
@@ -125,8 +169,16 @@ class MultiStageModel {
   void zero_gradients();
 
   // One micro-batch: forward through every stage, `loss` on the last output,
-  // backward through every stage in reverse. Returns this rank's loss. Collective.
-  double forward_backward(const at::Tensor& input, const LossFunction& loss);
+  // backward through every stage in reverse. The layers' auxiliary losses
+  // enter the objective times `auxiliary_weight` (1 / micro-batches when `loss`
+  // averages over them). Returns this rank's value of `loss` (without the
+  // auxiliary losses, which add up in take_auxiliary_totals()). Collective.
+  double forward_backward(const at::Tensor& input, const LossFunction& loss,
+                          double auxiliary_weight = 1.0);
+
+  // The auxiliary totals of the training forwards since the last take, and
+  // starts new ones. Local to this rank.
+  AuxiliaryTotals take_auxiliary_totals();
 
   // After the micro-batches: leaves the averaged gradients in the gradient
   // shards. Under ZeRO-1 this reduce-scatters the buffers; under ZeRO-2/3 the
@@ -140,8 +192,11 @@ class MultiStageModel {
   CommunicationStatistics communication_statistics();
   void reset_communication_statistics();
 
-  // What the runtime holds on this rank; `optimizer` adds its state.
-  ModelMemory memory(const ShardedAdamW* optimizer = nullptr) const;
+  // What the runtime holds on this rank; `optimizer` adds its state. With
+  // `rows` > 0, `activations` estimates what a forward_backward of
+  // [rows, sequence] inputs keeps alive under this checkpointing mode.
+  ModelMemory memory(const ShardedAdamW* optimizer = nullptr, std::int64_t rows = 0,
+                     std::int64_t sequence = 0) const;
 
  private:
   struct Stage {
@@ -149,13 +204,27 @@ class MultiStageModel {
     std::vector<Layer*> layers;
     std::string first_parameter;  // named in the restored-state assertion
     bool uses_tied = false;
+    std::size_t first_layer = 0;  // index of layers.front() in layers_
+  };
+  // A forward through layers [first, end) of a stage.
+  struct SegmentResult {
+    at::Tensor output;
+    at::Tensor auxiliary_loss;  // sum of the layers' auxiliary losses; undefined: none
   };
 
   void build_stages(const std::shared_ptr<ProcessGroup>& group);
   void restore(Stage& stage);
   void prefetch(std::size_t index);
-  // `prefetching`: a stage whose restore may be in flight, advanced between layers.
-  at::Tensor run_layers(Stage& stage, const at::Tensor& input, Fsdp* prefetching);
+  // `prefetching`: a stage whose restore may be in flight, advanced between
+  // layers. `record`: add the layers' side outputs to the auxiliary totals
+  // (false for recomputations and inference).
+  SegmentResult run_segment(Stage& stage, std::size_t first, std::size_t end,
+                            const at::Tensor& input, Fsdp* prefetching, bool record,
+                            double auxiliary_weight = 1.0);
+  // The [first, end) layer ranges that checkpointing keeps one input for.
+  std::vector<std::pair<std::size_t, std::size_t>> segments(const Stage& stage) const;
+  std::int64_t activation_estimate(std::int64_t rows, std::int64_t sequence,
+                                   bool& partly_unknown) const;
   Fsdp* prefetch_target(std::size_t index);
 
   std::vector<std::unique_ptr<Layer>> layers_;
@@ -164,6 +233,10 @@ class MultiStageModel {
   std::vector<std::shared_ptr<StageBuffer>> shared_weight_buffers_;
   std::vector<std::shared_ptr<StageBuffer>> shared_gradient_buffers_;
   MultiStageOptions options_;
+  // Since the last take_auxiliary_totals(): the summed auxiliary loss (a
+  // tensor on the compute device, read once) and tokens per expert per layer.
+  at::Tensor auxiliary_loss_total_;
+  std::vector<at::Tensor> expert_tokens_total_;  // indexed like layers_
 };
 
 }  // namespace fsdp::stages
