@@ -94,6 +94,29 @@ TEST(HfConfig, QwenMoeDenseLayersAndRouting) {
   EXPECT_TRUE(model.is_moe_layer(1));
 }
 
+// transformers adds router_aux_loss_coef x its balancing loss only when
+// output_router_logits is true; the coefficients are training losses, not part
+// of the function an export must reproduce.
+TEST(HfConfig, RouterLossCoefficientsFollowOutputRouterLogits) {
+  json config = qwen3_moe(4);
+  config["moe_intermediate_size"] = 16;
+  config["router_aux_loss_coef"] = 0.02;
+  EXPECT_EQ(hf_config_from_json(config, "config.json").model.router_aux_loss_coefficient, 0);
+  config["output_router_logits"] = true;
+  LlamaConfig model = hf_config_from_json(config, "config.json").model;
+  EXPECT_EQ(model.router_aux_loss_coefficient, 0.02);
+  EXPECT_EQ(model.router_z_loss_coefficient, 0);
+  config["router_z_loss_coef"] = 0.001;
+  EXPECT_EQ(hf_config_from_json(config, "config.json").model.router_z_loss_coefficient, 0.001);
+  config["router_aux_loss_coef"] = -0.5;
+  EXPECT_NE(refusal(config).find("\"router_aux_loss_coef\" is -0.5"), std::string::npos)
+      << refusal(config);
+  config["router_aux_loss_coef"] = 0.02;
+  model = hf_config_from_json(config, "config.json").model;
+  const HfModelConfig exported = hf_config_for_export(model, config, "bfloat16");
+  EXPECT_EQ(exported.model.router_aux_loss_coefficient, 0.02);
+}
+
 TEST(HfConfig, MistralSlidesEveryLayerQwenFollowsLayerTypes) {
   json mistral = llama();
   mistral["model_type"] = "mistral";

@@ -57,6 +57,21 @@ fsdp_add_program_test(train_nan_learning_rate EXIT 2 COMMAND ${FSDP_MPIRUN} -np 
 fsdp_add_program_test(train_huge_micro_batches EXIT 2
                       COMMAND ${FSDP_MPIRUN} -np 4 ${train} --micro-batches 4611686018427387904
                       ONCE "--batch 24 \\(the global batch must split evenly")
+fsdp_add_program_test(train_bad_checkpointing EXIT 2
+                      COMMAND ${FSDP_MPIRUN} -np 2 ${train} --activation-checkpointing every-2
+                      ONCE "--activation-checkpointing every-2 \\(expected none, stages or layers\\)")
+fsdp_add_program_test(train_negative_router_coefficient EXIT 2
+                      COMMAND ${FSDP_MPIRUN} -np 2 ${train} --router-z-loss-coef -0.5
+                      ONCE "--router-z-loss-coef -0.5 \\(expected a coefficient of 0 or more, or -1 for the model's own\\)")
+fsdp_add_program_test(train_router_loss_without_experts EXIT 2
+                      COMMAND ${FSDP_MPIRUN} -np 2 ${train} --model dense --router-aux-loss-coef 0.01
+                      ONCE "--router-aux-loss-coef 0.01 \\(the model has no experts, so no router to balance\\)")
+# Checkpointing and the router losses in a whole run: the banner says them,
+# the progress lines and the summary report the load apart from the loss.
+fsdp_add_program_test(train_checkpointing_router_losses_np2 EXIT 0 TIMEOUT 240
+                      COMMAND ${FSDP_MPIRUN} -np 2 ${train} --steps 4 --log-interval 2 --no-checkpoint
+                              --activation-checkpointing layers --router-z-loss-coef 0.001 --prefetch
+                      OUTPUT "router losses: load balancing x 0.01, z-loss x 0.001.*activation checkpointing layers.*activations about [0-9.]+ MiB per micro-batch \\(estimate\\).*step 4/4  loss [0-9.]+  aux 0.0[0-9]+  expert load [0-9.]+  lr.*experts: load \\(max / mean tokens per expert\\) over the last 4 steps [0-9.]+ in the worst layer")
 fsdp_add_program_test(train_stray_argument EXIT 2
                       COMMAND ${FSDP_MPIRUN} -np 2 ${train} --steps 5 oops
                       ONCE "unexpected argument 'oops' \\(fsdp-train takes only options\\)"

@@ -4,6 +4,8 @@
 #      run printed (same world size: bitwise, as printed);
 #   2. resumed at another world size, and trained from scratch at another
 #      world size, the losses agree up to reduction order;
+#      So do the router losses (the demo model is an MoE with its balancing
+#      loss on), which are per sequence, not per rank;
 #   3. the checkpoints of world sizes 2 and 3 hold the same weights within a
 #      small tolerance (shard-inspect --diff, which exits 1 beyond --tol).
 # Usage: train_consistency.sh MPIRUN FSDP_TRAIN SHARD_INSPECT WORK_DIR
@@ -15,6 +17,9 @@ common=(--steps 16 --log-interval 1 --checkpoint-interval 8)
 
 losses() {  # "step N/M  loss X ..." lines -> "N X"
   sed -n 's/^step \([0-9]*\)\/[0-9]*  loss \([0-9.]*\) .*/\1 \2/p' "$1"
+}
+aux_losses() {  # "step N/M  loss X  aux A ..." lines -> "N A"
+  sed -n 's/^step \([0-9]*\)\/[0-9]*  loss [0-9.]*  aux \([0-9.]*\) .*/\1 \2/p' "$1"
 }
 fail() { echo "FAIL: $*"; exit 1; }
 
@@ -44,6 +49,13 @@ losses resumed-np3.log > resumed-np3.txt
 awk '$1 > 8' np2.txt > np2-second-half.txt
 [ "$(wc -l < np3.txt)" -eq 16 ] || fail "the world-size-3 run did not print 16 steps"
 compare np2.txt np3.txt "world sizes 2 and 3 from scratch"
+aux_losses np2.log > np2-aux.txt
+aux_losses np3.log > np3-aux.txt
+[ "$(wc -l < np3-aux.txt)" -eq 16 ] || fail "the world-size-3 run printed no router losses"
+awk '$2 <= 0 { bad = 1 } END { exit bad }' np2-aux.txt || fail "a router loss of 0: the balancing loss is off"
+compare np2-aux.txt np3-aux.txt "router losses at world sizes 2 and 3"
+diff <(aux_losses np2.log | awk '$1 > 8') <(aux_losses resumed.log) ||
+  fail "the resumed run's router losses differ from the uninterrupted run's"
 compare np2-second-half.txt resumed-np3.txt "resumed at world size 3"
 # 3. The weights: checkpoints of world sizes 2 and 3 agree within the tolerance...
 "$inspect" --diff np3 np2 --tol 1e-4 > diff.log || { cat diff.log; fail "checkpoints differ beyond 1e-4"; }

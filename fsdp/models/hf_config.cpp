@@ -217,7 +217,7 @@ void read_experts(const ConfigFields& fields, const std::string& type, LlamaConf
           std::pair{"router_z_loss_coef", &model.router_z_loss_coefficient}}) {
       *coefficient = fields.number_or(field, 0.0);
       if (!std::isfinite(*coefficient) || *coefficient < 0) {
-        fields.refuse(field, std::to_string(*coefficient), "expected a coefficient of 0 or more");
+        fields.refuse(field, shown(fields.at(field)), "expected a coefficient of 0 or more");
       }
     }
   }

@@ -305,7 +305,9 @@ class DecoderBlock final : public Layer {
           (static_cast<double>(experts) * config_.router_aux_loss_coefficient));
     }
     if (config_.router_z_loss_coefficient != 0) {
-      add(at::logsumexp(logits.to(at::kFloat), -1).square().mean() *
+      // In float32 at least: bfloat16 logsumexp squares are coarse.
+      const auto precision = at::promote_types(logits.scalar_type(), at::kFloat);
+      add(at::logsumexp(logits.to(precision), -1).square().mean() *
           config_.router_z_loss_coefficient);
     }
     side_.auxiliary_loss = loss;
