@@ -9,11 +9,13 @@
 // one JSON object per line instead.
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <sstream>
 
 #include "bench/adamw_bench.h"
+#include "bench/checkpointing_bench.h"
 #include "bench/collective_bench.h"
 #include "bench/load_bench.h"
 #include "bench/step_bench.h"
@@ -214,6 +216,58 @@ int run(fsdp::launch::Runtime& runtime, const po::variables_map& values) {
       }
       continue;
     }
+    if (name == "checkpointing") {
+      fsdp::bench::CheckpointingBenchOptions options;
+      options.iterations = values["iterations"].as<int>();
+      options.mode = fsdp::stages::parse_activation_checkpointing(
+          values["activation-checkpointing"].as<std::string>());
+      options.hidden = values["ckpt-hidden"].as<std::int64_t>();
+      options.layers = values["ckpt-layers"].as<std::int64_t>();
+      options.sequence = values["ckpt-seq-len"].as<std::int64_t>();
+      if (options.hidden != 1024) {  // a smaller model keeps the proportions
+        options.intermediate = options.hidden * 2752 / 1024;
+        options.heads = std::max<std::int64_t>(1, options.hidden / 128);
+        options.vocabulary = options.hidden * 8;
+      }
+      const auto r = fsdp::bench::run_checkpointing_bench(runtime, options);
+      if (runtime.rank() != 0) continue;
+      if (values.count("json")) {
+        nlohmann::json line = {{"case", "checkpointing"},
+                               {"bytes", 0},
+                               {"ranks", runtime.world_size()},
+                               {"mode", fsdp::stages::activation_checkpointing_name(options.mode)},
+                               {"parameters", r.parameters},
+                               {"tokens_per_second", r.checkpointed_tokens_per_second},
+                               {"plain_tokens_per_second", r.plain_tokens_per_second},
+                               {"step_peak_mib", r.checkpointed_step_peak_mib},
+                               {"plain_step_peak_mib", r.plain_step_peak_mib},
+                               {"estimate_mib", r.checkpointed_estimate_mib},
+                               {"plain_estimate_mib", r.plain_estimate_mib},
+                               {"memory_ratio", r.memory_ratio()},
+                               {"losses_bitwise_equal", r.losses_bitwise_equal},
+                               {"collectives_equal", r.collectives_equal},
+                               {"ratio", r.ratio()}};
+        std::cout << line.dump() << std::endl;
+      } else {
+        std::printf(
+            "# case checkpointing: dense Llama, %lld parameters, hidden %lld, %lld layers, %lld "
+            "x %lld tokens per rank, ZeRO-3 (2 shared buffers), %d rank(s); step peak = the "
+            "resident set's high-water mark above its start of step, max over ranks\n"
+            "none: %.0f tokens/s, step peak %.0f MiB (estimate %.0f)\n"
+            "%s: %.0f tokens/s, step peak %.0f MiB (estimate %.0f)\n"
+            "tokens/s ratio %.3f, step peak ratio %.3f, losses and gradient norms bitwise "
+            "equal: %s, same collectives: %s\n",
+            static_cast<long long>(r.parameters), static_cast<long long>(options.hidden),
+            static_cast<long long>(options.layers), static_cast<long long>(options.rows_per_rank),
+            static_cast<long long>(options.sequence), runtime.world_size(),
+            r.plain_tokens_per_second, r.plain_step_peak_mib, r.plain_estimate_mib,
+            fsdp::stages::activation_checkpointing_name(options.mode),
+            r.checkpointed_tokens_per_second, r.checkpointed_step_peak_mib,
+            r.checkpointed_estimate_mib, r.ratio(), r.memory_ratio(),
+            r.losses_bitwise_equal ? "yes" : "NO", r.collectives_equal ? "yes" : "NO");
+      }
+      continue;
+    }
     if (name == "load") {
       fsdp::bench::LoadBenchOptions options;
       options.hidden = values["load-hidden"].as<std::int64_t>();
@@ -270,16 +324,18 @@ int main(int argc, char** argv) {
   options.add_options()(
       "case", po::value<std::string>()->default_value("all")->notifier([](const std::string& c) {
         if (c != "restore" && c != "reduce" && c != "adamw" && c != "step" && c != "load" &&
-            c != "all") {
-          throw po::invalid_option_value("--case " + c +
-                                         " (expected restore, reduce, adamw, step, load or all)");
+            c != "checkpointing" && c != "all") {
+          throw po::invalid_option_value(
+              "--case " + c +
+              " (expected restore, reduce, adamw, step, load, checkpointing or all)");
         }
       }),
       "restore: restore_parameters() vs MPI_Allgather; reduce: reduce_gradients() vs "
       "MPI_Reduce_scatter_block; adamw: fused shard AdamW vs torch::optim::AdamW (one process; "
       "shard sizes from --sizes-mib); step: training-step tokens/s vs plain libtorch (world "
       "size 1); load: HF checkpoint import vs a raw read of its files (generated, about 1 GB by "
-      "default); all: restore, reduce and adamw")(
+      "default); checkpointing: training with and without activation checkpointing (tokens/s, "
+      "step peak memory, bitwise losses); all: restore, reduce and adamw")(
       "sizes-mib", po::value<std::string>()->default_value("1,4,16,64,256"),
       "stage buffer sizes, comma-separated MiB")(
       "compute-dtype",
@@ -301,6 +357,13 @@ int main(int argc, char** argv) {
       "load-dir", po::value<std::string>(),
       "load case: where to generate the checkpoint (default: the temporary directory); it is "
       "written to a subdirectory named by rank 0's pid and removed at the end")(
+      "activation-checkpointing", po::value<std::string>()->default_value("layers"),
+      "checkpointing case: the mode set against none (stages or layers)")(
+      "ckpt-hidden", po::value<std::int64_t>()->default_value(1024),
+      "checkpointing case: hidden size (1024: the 118 M-parameter model of the figures)")(
+      "ckpt-layers", po::value<std::int64_t>()->default_value(8), "checkpointing case: layers")(
+      "ckpt-seq-len", po::value<std::int64_t>()->default_value(512),
+      "checkpointing case: tokens per sequence (2 sequences per rank)")(
       "json", "one JSON object per line instead of the table");
   return fsdp::launch::run_program(
       argc, argv,

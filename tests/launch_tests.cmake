@@ -32,7 +32,7 @@ foreach(ranks 1 2 3 4)
                         COMMAND ${FSDP_MPIRUN} -np ${ranks} ${train} --steps 12 --log-interval 4
                                 --checkpoint-dir ${train_dir}/np${ranks}
                                 --inspect decoder.0.mlp.experts.gate_up_proj
-                        OUTPUT "step 12/12  loss [0-9.]+  lr .* tokens/s  elapsed .*  left 0:00.*saved checkpoint at step 12.*inspect decoder.0.mlp.experts.gate_up_proj .*numel 131072 .*done: steps 1-12"
+                        OUTPUT "step 12/12  loss [0-9.]+  aux [0-9.]+  expert load [0-9.]+  lr .* tokens/s  elapsed .*  left 0:00.*saved checkpoint at step 12.*inspect decoder.0.mlp.experts.gate_up_proj .*numel 131072 .*done: steps 1-12"
                         ONCE "step 4/12")
 endforeach()
 fsdp_add_program_test(train_without_mpirun EXIT 0 TIMEOUT 240

@@ -1,0 +1,127 @@
+#include "bench/checkpointing_bench.h"
+
+#include <ATen/ATen.h>
+#include <mpi.h>
+
+#include <fstream>
+#include <string>
+
+#include "bench/timing.h"
+#include "fsdp/models/llama.h"
+#include "fsdp/stages/sharded_adamw.h"
+
+namespace fsdp::bench {
+namespace {
+
+// A field of /proc/self/status in MiB ("VmRSS", "VmHWM").
+double status_mib(const std::string& field) {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind(field + ":", 0) == 0) return std::stod(line.substr(field.size() + 1)) / 1024;
+  }
+  throw std::runtime_error("/proc/self/status has no " + field);
+}
+
+// Starts a new high-water mark at the current resident set (Linux >= 4.0).
+void reset_peak_rss() {
+  std::ofstream clear("/proc/self/clear_refs");
+  clear << "5";
+}
+
+struct Trainee {
+  std::unique_ptr<stages::MultiStageModel> model;
+  std::unique_ptr<stages::ShardedAdamW> optimizer;
+  std::vector<double> losses, norms;
+
+  Trainee(const models::LlamaConfig& config, launch::Runtime& runtime,
+          stages::ActivationCheckpointing mode) {
+    stages::MultiStageOptions options;
+    options.zero_stage = 3;
+    options.shared_weight_buffers = 2;
+    options.shared_gradient_buffers = 2;
+    options.activation_checkpointing = mode;
+    model = std::make_unique<stages::MultiStageModel>(models::build_llama_layers(config),
+                                                      runtime.process_group(), options);
+    model->initialize_weights(1);
+    optimizer =
+        std::make_unique<stages::ShardedAdamW>(model->stages(), stages::ShardedAdamWOptions{});
+  }
+
+  void step(const at::Tensor& inputs, const at::Tensor& targets) {
+    model->zero_gradients();
+    losses.push_back(model->forward_backward(inputs, [&](const at::Tensor& logits) {
+      return at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+    }));
+    model->reduce_gradients();
+    norms.push_back(optimizer->step(1e-4));
+  }
+};
+
+}  // namespace
+
+CheckpointingBenchResult run_checkpointing_bench(launch::Runtime& runtime,
+                                                 const CheckpointingBenchOptions& options) {
+  models::LlamaConfig config;
+  config.vocabulary = options.vocabulary;
+  config.hidden = options.hidden;
+  config.heads = options.heads;
+  config.intermediate = options.intermediate;
+  config.layers = options.layers;
+  config.max_sequence = options.sequence;
+  const MPI_Comm world = runtime.host_group()->communicator();
+  at::manual_seed(5 + runtime.rank());
+  const at::Tensor tokens =
+      at::randint(config.vocabulary, {options.rows_per_rank, options.sequence + 1});
+  const at::Tensor inputs = tokens.narrow(1, 0, options.sequence);
+  const at::Tensor targets = tokens.narrow(1, 1, options.sequence);
+
+  Trainee plain(config, runtime, stages::ActivationCheckpointing::kNone);
+  Trainee checkpointed(config, runtime, options.mode);
+  CheckpointingBenchResult result;
+  for (const Fsdp* stage : plain.model->stages()) {
+    result.parameters += stage->layout().unpadded_numel();
+  }
+  const auto estimate = [&](const Trainee& trainee) {
+    return static_cast<double>(
+               trainee.model->memory(nullptr, options.rows_per_rank, options.sequence)
+                   .activations) /
+           (1 << 20);
+  };
+  result.plain_estimate_mib = estimate(plain);
+  result.checkpointed_estimate_mib = estimate(checkpointed);
+
+  // Time and the step's peak above its start, max over ranks.
+  const auto measured = [&](Trainee& trainee, std::vector<double>& times,
+                            std::vector<double>& peaks) {
+    reset_peak_rss();
+    const double before = status_mib("VmRSS");
+    times.push_back(time_collectively(world, [&] { trainee.step(inputs, targets); }));
+    double peak = status_mib("VmHWM") - before;
+    MPI_Allreduce(MPI_IN_PLACE, &peak, 1, MPI_DOUBLE, MPI_MAX, world);
+    peaks.push_back(peak);
+  };
+  std::vector<double> plain_times, checkpointed_times, plain_peaks, checkpointed_peaks;
+  for (int i = 0; i < options.iterations + 1; ++i) {  // the first round warms up
+    measured(checkpointed, checkpointed_times, checkpointed_peaks);
+    measured(plain, plain_times, plain_peaks);
+    if (i == 0) {
+      plain_times.clear(), checkpointed_times.clear(), plain_peaks.clear();
+      checkpointed_peaks.clear();
+    }
+  }
+  const double tokens_per_step =
+      static_cast<double>(options.rows_per_rank * runtime.world_size() * options.sequence);
+  result.plain_tokens_per_second = tokens_per_step / median(plain_times);
+  result.checkpointed_tokens_per_second = tokens_per_step / median(checkpointed_times);
+  result.plain_step_peak_mib = median(plain_peaks);
+  result.checkpointed_step_peak_mib = median(checkpointed_peaks);
+  result.losses_bitwise_equal =
+      plain.losses == checkpointed.losses && plain.norms == checkpointed.norms;
+  const auto plain_counts = plain.model->communication_statistics();
+  const auto checkpointed_counts = checkpointed.model->communication_statistics();
+  result.collectives_equal = plain_counts.restores == checkpointed_counts.restores;
+  return result;
+}
+
+}  // namespace fsdp::bench
