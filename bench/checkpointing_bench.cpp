@@ -1,6 +1,7 @@
 #include "bench/checkpointing_bench.h"
 
 #include <ATen/ATen.h>
+#include <malloc.h>
 #include <mpi.h>
 
 #include <fstream>
@@ -23,8 +24,11 @@ double status_mib(const std::string& field) {
   throw std::runtime_error("/proc/self/status has no " + field);
 }
 
-// Starts a new high-water mark at the current resident set (Linux >= 4.0).
+// Starts a new high-water mark at the current resident set (Linux >= 4.0),
+// after handing the allocator's free pages back (glibc keeps them otherwise,
+// and the other run's freed activations would hide this one's).
 void reset_peak_rss() {
+  malloc_trim(0);
   std::ofstream clear("/proc/self/clear_refs");
   clear << "5";
 }
@@ -91,31 +95,32 @@ CheckpointingBenchResult run_checkpointing_bench(launch::Runtime& runtime,
   result.plain_estimate_mib = estimate(plain);
   result.checkpointed_estimate_mib = estimate(checkpointed);
 
-  // Time and the step's peak above its start, max over ranks.
-  const auto measured = [&](Trainee& trainee, std::vector<double>& times,
-                            std::vector<double>& peaks) {
+  // Timed rounds first (the allocator keeps its pages, as in a real run),
+  // then one round that measures each step's peak above its start, max over
+  // ranks (malloc_trim first, so that a page the other run freed is not
+  // counted as this one's).
+  const auto peak_of_step = [&](Trainee& trainee) {
     reset_peak_rss();
     const double before = status_mib("VmRSS");
-    times.push_back(time_collectively(world, [&] { trainee.step(inputs, targets); }));
+    trainee.step(inputs, targets);
     double peak = status_mib("VmHWM") - before;
     MPI_Allreduce(MPI_IN_PLACE, &peak, 1, MPI_DOUBLE, MPI_MAX, world);
-    peaks.push_back(peak);
+    return peak;
   };
-  std::vector<double> plain_times, checkpointed_times, plain_peaks, checkpointed_peaks;
+  std::vector<double> plain_times, checkpointed_times;
   for (int i = 0; i < options.iterations + 1; ++i) {  // the first round warms up
-    measured(checkpointed, checkpointed_times, checkpointed_peaks);
-    measured(plain, plain_times, plain_peaks);
-    if (i == 0) {
-      plain_times.clear(), checkpointed_times.clear(), plain_peaks.clear();
-      checkpointed_peaks.clear();
-    }
+    const double a = time_collectively(world, [&] { checkpointed.step(inputs, targets); });
+    const double b = time_collectively(world, [&] { plain.step(inputs, targets); });
+    if (i == 0) continue;
+    checkpointed_times.push_back(a);
+    plain_times.push_back(b);
   }
+  result.checkpointed_step_peak_mib = peak_of_step(checkpointed);
+  result.plain_step_peak_mib = peak_of_step(plain);
   const double tokens_per_step =
       static_cast<double>(options.rows_per_rank * runtime.world_size() * options.sequence);
   result.plain_tokens_per_second = tokens_per_step / median(plain_times);
   result.checkpointed_tokens_per_second = tokens_per_step / median(checkpointed_times);
-  result.plain_step_peak_mib = median(plain_peaks);
-  result.checkpointed_step_peak_mib = median(checkpointed_peaks);
   result.losses_bitwise_equal =
       plain.losses == checkpointed.losses && plain.norms == checkpointed.norms;
   const auto plain_counts = plain.model->communication_statistics();

@@ -1,11 +1,12 @@
 // The `checkpointing` case of fsdp-bench: a dense Llama trained with and
 // without activation checkpointing in one process, steps interleaved (the
 // same noise falls on both), ZeRO-3 with 2 shared weight and gradient buffers:
-//   - tokens/s of each, and checkpointed / plain;
-//   - the memory a step adds at its peak: the resident set's high-water mark
-//     (reset through /proc/self/clear_refs before each step) above the
-//     resident set when the step starts -- the activations and their
-//     gradients, as the operating system sees them; max over ranks;
+//   - tokens/s of each (median step), and checkpointed / plain;
+//   - the memory a step adds at its peak, in one more step of each: the
+//     resident set's high-water mark (reset through /proc/self/clear_refs,
+//     after malloc_trim) above the resident set when the step starts -- the
+//     activations and their gradients, as the operating system sees them;
+//     max over ranks;
 //   - whether the losses and the gradient norms were bitwise equal, and the
 //     collectives the same in number.
 #pragma once
@@ -34,7 +35,7 @@ struct CheckpointingBenchResult {
   std::int64_t parameters = 0;
   double plain_tokens_per_second = 0;
   double checkpointed_tokens_per_second = 0;
-  double plain_step_peak_mib = 0;  // median over steps of the max over ranks
+  double plain_step_peak_mib = 0;  // max over ranks
   double checkpointed_step_peak_mib = 0;
   double plain_estimate_mib = 0;  // ModelMemory::activations, for comparison
   double checkpointed_estimate_mib = 0;

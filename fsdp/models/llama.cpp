@@ -1,6 +1,7 @@
 #include "fsdp/models/llama.h"
 
 #include <ATen/ATen.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <array>
@@ -8,6 +9,13 @@
 #include <stdexcept>
 #include <string>
 #include <utility>
+
+// libtorch 2's at::scaled_dot_product_attention (DecoderBlock::attention).
+#if defined(TORCH_VERSION_MAJOR) && TORCH_VERSION_MAJOR >= 2
+#define FSDP_FUSED_ATTENTION 1
+#else
+#define FSDP_FUSED_ATTENTION 0
+#endif
 
 namespace fsdp::models {
 namespace {
@@ -85,7 +93,8 @@ class DecoderBlock final : public Layer {
     const at::Tensor positions = at::arange(config.max_sequence, at::kLong);
     const at::Tensor distance = positions.unsqueeze(1) - positions.unsqueeze(0);  // query - key
     at::Tensor hidden_from_query = distance.lt(0);
-    const std::int64_t window = config.attention_window(layer);
+    window_ = config.attention_window(layer);
+    const std::int64_t window = window_;
     if (window > 0) hidden_from_query = hidden_from_query.logical_or(distance.ge(window));
     causal_mask_ = at::zeros({config.max_sequence, config.max_sequence})
                        .masked_fill(hidden_from_query, -std::numeric_limits<float>::infinity());
@@ -121,7 +130,10 @@ class DecoderBlock final : public Layer {
     const std::int64_t key_value = kv_heads_ * head_size_;
     std::int64_t per_token = 6 * h + 3 * (query + 2 * key_value) + query;
     if (kv_heads_ != config_.heads) per_token += 2 * query;  // repeated keys and values
-    per_token += 2 * config_.heads * sequence;               // softmax and scores
+    // The softmax and the scores (T per head and token), unless a fused kernel
+    // keeps only a log-sum-exp per head and token.
+    per_token +=
+        FSDP_FUSED_ATTENTION && window_ == 0 ? config_.heads : 2 * config_.heads * sequence;
     if (!moe_) {
       per_token += 4 * config_.intermediate;
     } else {
@@ -165,12 +177,10 @@ class DecoderBlock final : public Layer {
     const std::int64_t group = heads / kv_heads_;
     const at::Tensor keys = group == 1 ? k : k.repeat_interleave(group, 1);
     const at::Tensor values = group == 1 ? v : v.repeat_interleave(group, 1);
-    const at::Tensor scores =
-        at::matmul(q, keys.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_size_)) +
+    const at::Tensor mask =
         causal_mask_.narrow(0, 0, sequence).narrow(1, 0, sequence).to(x.device(), x.scalar_type());
-    const at::Tensor attended = at::matmul(at::softmax(scores, -1), values)
-                                    .transpose(1, 2)
-                                    .reshape({batch, sequence, query_width});
+    const at::Tensor attended =
+        attention(q, keys, values, mask).transpose(1, 2).reshape({batch, sequence, query_width});
     const at::Tensor after_attention =
         x + at::linear(attended, get(Role::kOutputWeight), get(Role::kOutputBias));
 
@@ -244,6 +254,25 @@ class DecoderBlock final : public Layer {
 
   // The bound parameter of `role`; an undefined tensor for an absent optional one.
   const at::Tensor& get(Role role) const { return bound_[static_cast<std::size_t>(role)]; }
+
+  // softmax(q k^T / sqrt(head) + mask) v. libtorch 2 has a fused kernel
+  // (flash attention on CPU and GPU) that never holds the T x T scores; 1.13
+  // has only a private math version that does, so we spell it out there.
+  at::Tensor attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
+                       const at::Tensor& mask) const {
+#if FSDP_FUSED_ATTENTION
+    // Without a window the mask is the causal one, which is_causal says
+    // without a tensor (and lets the kernel skip the masked blocks).
+    if (window_ == 0) {
+      return at::scaled_dot_product_attention(q, keys, values, {}, 0.0, /*is_causal=*/true);
+    }
+    return at::scaled_dot_product_attention(q, keys, values, mask);
+#else
+    const at::Tensor scores =
+        at::matmul(q, keys.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_size_)) + mask;
+    return at::matmul(at::softmax(scores, -1), values);
+#endif
+  }
 
   // down(silu(gate) * up), with gate and up the two halves of x @ gate_up^T.
   static at::Tensor swiglu(const at::Tensor& x, const at::Tensor& gate_up, const at::Tensor& down,
@@ -324,6 +353,7 @@ class DecoderBlock final : public Layer {
   bool moe_;
   std::int64_t head_size_;
   std::int64_t kv_heads_;
+  std::int64_t window_ = 0;  // attention window; 0: full causal attention
   at::Tensor cos_;
   at::Tensor sin_;
   at::Tensor causal_mask_;

@@ -379,6 +379,7 @@ double MultiStageModel::forward_backward(const at::Tensor& input, const LossFunc
     at::Tensor input;
     SegmentResult result;
     std::vector<at::Tensor> segment_inputs;
+    at::Tensor final_leaf;  // checkpointing, last stage: the final segment's input
   };
   std::vector<StagePass> passes(count);
   for (std::size_t s = 0; s < count; ++s) {
@@ -392,25 +393,29 @@ double MultiStageModel::forward_backward(const at::Tensor& input, const LossFunc
       pass.result = run_segment(stages_[s], 0, stages_[s].layers.size(), pass.input,
                                 prefetch_target(s + 1), /*record=*/true, auxiliary_weight);
     } else {
-      at::NoGradGuard no_graph;
+      const auto ranges = segments(stages_[s]);
       at::Tensor activation = pass.input;
-      for (const auto& [first, end] : segments(stages_[s])) {
+      for (std::size_t k = 0; k < ranges.size(); ++k) {
+        if (s + 1 == count && k + 1 == ranges.size()) {
+          // The final segment keeps its graph: its backward follows the
+          // loss at once, so running it again would only cost time.
+          pass.final_leaf = k == 0 ? pass.input : recompute_leaf(activation);
+          pass.result = run_segment(stages_[s], ranges[k].first, ranges[k].second, pass.final_leaf,
+                                    nullptr, /*record=*/true, auxiliary_weight);
+          break;
+        }
+        at::NoGradGuard no_graph;
         pass.segment_inputs.push_back(activation);
-        activation = run_segment(stages_[s], first, end, activation, prefetch_target(s + 1),
-                                 /*record=*/true, auxiliary_weight)
+        activation = run_segment(stages_[s], ranges[k].first, ranges[k].second, activation,
+                                 prefetch_target(s + 1), /*record=*/true, auxiliary_weight)
                          .output;
       }
-      pass.result.output = activation;
+      if (s + 1 < count) pass.result.output = activation;
     }
     // The last stage stays restored: its backward comes next.
     if (zero3 && s + 1 < count && stages_[s].fsdp) stages_[s].fsdp->release();
   }
-  // Under checkpointing the last output has no graph: the loss is taken on a
-  // leaf, whose gradient then enters the recomputed last stage.
-  const at::Tensor loss_input = recompute
-                                    ? passes.back().result.output.detach().requires_grad_(true)
-                                    : passes.back().result.output;
-  const at::Tensor loss_value = loss(loss_input);
+  const at::Tensor loss_value = loss(passes.back().result.output);
   const double loss_result = loss_value.item<double>();
   for (std::size_t s = count; s-- > 0;) {
     Stage& stage = stages_[s];
@@ -419,19 +424,21 @@ double MultiStageModel::forward_backward(const at::Tensor& input, const LossFunc
     if (s > 0) prefetch(s - 1);
     if (reduce_in_backward && stage.fsdp) stage.fsdp->zero_gradient_buffer();
     const bool last = s + 1 == count;
-    if (!recompute) {
-      if (last) {
-        backward_segment(loss_value, at::ones_like(loss_value), pass.result.auxiliary_loss,
-                         auxiliary_weight);
-      } else {
-        backward_segment(pass.result.output, passes[s + 1].input.grad(), pass.result.auxiliary_loss,
-                         auxiliary_weight);
-      }
-    } else {
-      if (last) torch::autograd::backward({loss_value});
-      at::Tensor gradient = last ? loss_input.grad() : passes[s + 1].input.grad();
+    if (last) {
+      backward_segment(loss_value, at::ones_like(loss_value), pass.result.auxiliary_loss,
+                       auxiliary_weight);
+    } else if (!recompute) {
+      backward_segment(pass.result.output, passes[s + 1].input.grad(), pass.result.auxiliary_loss,
+                       auxiliary_weight);
+    }
+    if (recompute) {
+      // The segments before (the last stage's final segment is done above),
+      // last first, each run again with autograd and differentiated at once.
+      at::Tensor gradient = !last                             ? passes[s + 1].input.grad()
+                            : pass.final_leaf.requires_grad() ? pass.final_leaf.grad()
+                                                              : at::Tensor();
       const auto ranges = segments(stage);
-      for (std::size_t k = ranges.size(); k-- > 0;) {
+      for (std::size_t k = pass.segment_inputs.size(); k-- > 0;) {
         const at::Tensor leaf = k == 0 ? pass.input : recompute_leaf(pass.segment_inputs[k]);
         const SegmentResult again =
             run_segment(stage, ranges[k].first, ranges[k].second, leaf,
@@ -443,6 +450,7 @@ double MultiStageModel::forward_backward(const at::Tensor& input, const LossFunc
     }
     // This stage's graph is spent: free it before the next stage recomputes.
     pass.result = SegmentResult();
+    pass.final_leaf = at::Tensor();
     if (s + 1 < count) passes[s + 1].input = at::Tensor();
     if (stage.fsdp) {
       if (reduce_in_backward) {
@@ -510,7 +518,7 @@ std::int64_t MultiStageModel::activation_estimate(std::int64_t rows, std::int64_
   // The loss keeps the last output and its gradient.
   const std::int64_t loss = 2 * bytes.back().output;
   std::int64_t kept = 0;     // alive from forward to backward
-  std::int64_t working = 0;  // the largest graph alive at once under checkpointing
+  std::int64_t working = 0;  // under checkpointing: the largest graph alive at once
   for (const Stage& stage : stages_) {
     for (const auto& [first, end] : segments(stage)) {
       std::int64_t graph = 0;
@@ -525,7 +533,13 @@ std::int64_t MultiStageModel::activation_estimate(std::int64_t rows, std::int64_
       }
     }
   }
-  return kept + working + loss;
+  // The backward of the largest graph holds gradients of about its size as
+  // well (measured: docs/PERFORMANCE.md).
+  std::int64_t largest = working;
+  if (options_.activation_checkpointing == ActivationCheckpointing::kNone) {
+    for (const ActivationBytes& layer : bytes) largest = std::max(largest, layer.saved);
+  }
+  return kept + working + largest + loss;
 }
 
 ModelMemory MultiStageModel::memory(const ShardedAdamW* optimizer, std::int64_t rows,
