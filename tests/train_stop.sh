@@ -51,6 +51,18 @@ diff <(losses whole.log) <(losses signalled.log | awk -v s="$stopped" '$1 <= s';
 diff <(losses whole.log) <(sed -n 's/^{"step":\([0-9]*\),"loss":\([^,]*\),.*/\1 \2/p' metrics.jsonl |
                            awk '{ printf "%d %.6f\n", $1, $2 }') ||
   fail "--metrics-file does not hold the printed losses of steps 1-300 once each"
+# Every rank's peak memory, and the largest of them.
+grep -q '"peak_rss_mib_max_over_ranks":[0-9.]*,"peak_rss_mib_per_rank":\[[0-9.]*,[0-9.]*,[0-9.]*,[0-9.]*\]}$' \
+  <(tail -n 1 metrics.jsonl) || { tail -n 1 metrics.jsonl; fail "no per-rank peak memory of 4 ranks"; }
+# An MoE model's lines carry its router losses and expert load, as printed.
+"$mpirun" -np 2 "$train" --model moe --hidden 32 --layers 2 --heads 2 --intermediate 32 \
+  --vocabulary 64 --seq-len 8 --batch 4 --log-interval 1 --steps 5 --no-checkpoint \
+  --metrics-file moe.jsonl > moe.log
+diff <(sed -n 's/^step \([0-9]*\)\/5  loss [0-9.]*  aux \([0-9.]*\)  expert load \([0-9.]*\) .*/\1 \2 \3/p' moe.log) \
+     <(sed -n 's/^{"step":\([0-9]*\),"loss":[^,]*,"aux_loss":\([^,]*\),"expert_load_max_over_mean":\([^,]*\),.*/\1 \2 \3/p' moe.jsonl |
+       awk '{ printf "%d %.5f %.2f\n", $1, $2, $3 }') ||
+  fail "--metrics-file does not hold the printed router losses and expert loads"
+[ "$(wc -l < moe.jsonl)" -eq 5 ] || fail "the MoE run's metrics file does not have 5 lines"
 
 # 2. A time limit of 0.05 minutes (3 s) on a run that would take much longer.
 start=$(date +%s)

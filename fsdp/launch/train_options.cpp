@@ -302,7 +302,8 @@ po::options_description train_options_description() {
       "resume from this step of the series in --checkpoint-dir instead of the latest")(
       "metrics-file", po::value<std::string>()->default_value(""),
       "append one JSON line per logged step (step, loss, lr, gradient norm, tokens/s, "
-      "collective time, skipped steps, peak memory over ranks) to this file; a resumed run "
+      "collective time, skipped steps, peak memory per rank, router losses and expert load) to "
+      "this file; a resumed run "
       "first drops the lines of the steps it takes again")(
       "resume", po::bool_switch(),
       "continue from the checkpoint in --checkpoint-dir (at any world size), with the losses an "

@@ -416,8 +416,11 @@ class Training {
     const double loss = outcome.loss;
     rusage usage{};
     getrusage(RUSAGE_SELF, &usage);
-    std::vector<double> peak_mib = {static_cast<double>(usage.ru_maxrss) / 1024.0};  // KiB
-    runtime_.host_group()->all_reduce(host_span(peak_mib), ReduceOp::kMax);
+    // Every rank's peak in its own slot, summed: one all-reduce gives them all.
+    std::vector<double> peak_mib(static_cast<std::size_t>(runtime_.world_size()), 0.0);
+    peak_mib[static_cast<std::size_t>(runtime_.rank())] =
+        static_cast<double>(usage.ru_maxrss) / 1024.0;  // KiB
+    runtime_.host_group()->all_reduce(host_span(peak_mib), ReduceOp::kSum);
     if (!metrics_) return;
     const auto statistics = model_->communication_statistics();
     // JSON has no NaN: a non-finite value is written as null.
@@ -429,13 +432,15 @@ class Training {
       line["aux_loss"] = number(outcome.auxiliary_loss);
       line["expert_load_max_over_mean"] = outcome.expert_load.worst;
     }
-    line.update(nlohmann::ordered_json{{"lr", schedule_.at(step)},
-                                       {"grad_norm", number(last_gradient_norm_)},
-                                       {"tokens_per_second", tokens_per_second},
-                                       {"elapsed_seconds", seconds},
-                                       {"collective_wait_seconds", statistics.exposed_seconds()},
-                                       {"skipped_steps", skipped_steps_},
-                                       {"peak_rss_mib_max_over_ranks", peak_mib[0]}});
+    line.update(nlohmann::ordered_json{
+        {"lr", schedule_.at(step)},
+        {"grad_norm", number(last_gradient_norm_)},
+        {"tokens_per_second", tokens_per_second},
+        {"elapsed_seconds", seconds},
+        {"collective_wait_seconds", statistics.exposed_seconds()},
+        {"skipped_steps", skipped_steps_},
+        {"peak_rss_mib_max_over_ranks", *std::max_element(peak_mib.begin(), peak_mib.end())},
+        {"peak_rss_mib_per_rank", peak_mib}});
     metrics_->write(line);
   }
 
