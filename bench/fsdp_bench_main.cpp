@@ -93,6 +93,10 @@ void print_adamw(const std::vector<fsdp::bench::AdamWBenchResult>& results, bool
   if (!json) std::printf("# speedup = torch time / ours; vs copy = copy time / ours\n");
 }
 
+const char* layout_name(fsdp::models::HfExpertNaming layout) {
+  return layout == fsdp::models::HfExpertNaming::kMixtral ? "mixtral" : "qwen3_moe";
+}
+
 void print_load(const fsdp::bench::LoadBenchOptions& options, const fsdp::bench::LoadBenchResult& r,
                 bool json) {
   constexpr double kMiB = 1024.0 * 1024.0;
@@ -111,15 +115,18 @@ void print_load(const fsdp::bench::LoadBenchOptions& options, const fsdp::bench:
                            {"load_overhead_mib", r.load_overhead_bytes / kMiB},
                            {"shard_mib", r.shard_bytes / kMiB},
                            {"rss_ratio", r.rss_ratio},
+                           {"layout", layout_name(options.layout)},
                            {"page_cache", "warm"}};
     std::cout << line.dump() << std::endl;
     return;
   }
   std::printf(
-      "# case load: HF checkpoint of a Llama with MoE experts (hidden %lld, %lld experts, %lld "
-      "layers), %.3f GB in %d file(s), %d rank(s); warm page cache (nothing dropped)\n",
-      static_cast<long long>(options.hidden), static_cast<long long>(options.experts),
-      static_cast<long long>(options.layers), r.checkpoint_bytes / 1e9, r.files, r.ranks);
+      "# case load: HF checkpoint of a Llama with MoE experts in the %s layout (hidden %lld, %lld "
+      "experts, %lld layers), %.3f GB in %d file(s), %d rank(s); warm page cache (nothing "
+      "dropped)\n",
+      layout_name(options.layout), static_cast<long long>(options.hidden),
+      static_cast<long long>(options.experts), static_cast<long long>(options.layers),
+      r.checkpoint_bytes / 1e9, r.files, r.ranks);
   std::printf("%10s %10s %12s %10s %8s %12s %14s %10s %10s\n", "time(s)", "GB/s", "raw time(s)",
               "raw GB/s", "ratio", "bytes read", "overhead(MiB)", "shard(MiB)", "rss ratio");
   std::printf("%10.3f %10.3f %12.3f %10.3f %8.3f %12.3f %14.1f %10.1f %10.3f\n", r.time_seconds,
@@ -273,6 +280,13 @@ int run(fsdp::launch::Runtime& runtime, const po::variables_map& values) {
       options.hidden = values["load-hidden"].as<std::int64_t>();
       options.experts = values["load-experts"].as<std::int64_t>();
       options.layers = values["load-layers"].as<std::int64_t>();
+      const std::string layout = values["load-layout"].as<std::string>();
+      if (layout == "mixtral") {
+        options.layout = fsdp::models::HfExpertNaming::kMixtral;
+      } else if (layout != "qwen3_moe") {
+        throw po::invalid_option_value("--load-layout " + layout +
+                                       " (expected qwen3_moe or mixtral)");
+      }
       options.iterations = values["iterations"].as<int>();
       if (values.count("load-dir")) options.parent_directory = values["load-dir"].as<std::string>();
       const auto result = fsdp::bench::run_load_bench(runtime, options);
@@ -354,6 +368,9 @@ int main(int argc, char** argv) {
       "load case: hidden size (experts' intermediate size is twice it)")(
       "load-experts", po::value<std::int64_t>()->default_value(16), "load case: experts per layer")(
       "load-layers", po::value<std::int64_t>()->default_value(10), "load case: decoder layers")(
+      "load-layout", po::value<std::string>()->default_value("qwen3_moe"),
+      "load case: the experts' names on disk, qwen3_moe (mlp.experts.{e}.gate_proj/up_proj/"
+      "down_proj) or mixtral (block_sparse_moe.experts.{e}.w1/w3/w2)")(
       "load-dir", po::value<std::string>(),
       "load case: where to generate the checkpoint (default: the temporary directory); it is "
       "written to a subdirectory named by rank 0's pid and removed at the end")(

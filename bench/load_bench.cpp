@@ -35,6 +35,7 @@ models::LlamaConfig llama_config(const LoadBenchOptions& options) {
   config.intermediate = 2 * options.hidden;
   config.layers = options.layers;
   config.experts = options.experts;
+  config.expert_naming = options.layout;
   return config;
 }
 

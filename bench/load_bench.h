@@ -26,6 +26,7 @@
 #include <filesystem>
 
 #include "fsdp/launch/runtime.h"
+#include "fsdp/models/llama.h"
 
 namespace fsdp::bench {
 
@@ -36,6 +37,10 @@ struct LoadBenchOptions {
   std::int64_t experts = 16;
   std::int64_t layers = 10;
   std::int64_t vocabulary = 4096;
+  // How the experts are named and split on disk: Qwen3-MoE's
+  // mlp.experts.{e}.{gate,up,down}_proj, or Mixtral's
+  // block_sparse_moe.experts.{e}.{w1,w3,w2} (also in several files).
+  models::HfExpertNaming layout = models::HfExpertNaming::kQwen;
   int iterations = 3;  // timed imports and raw reads each, after one untimed round
   // The checkpoint goes to parent_directory/fsdp-bench-load-<rank 0's pid>,
   // removed at the end. Every rank must see it (a shared file system across hosts).

@@ -12,6 +12,7 @@
 
 #include <malloc.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -38,7 +39,10 @@ class CountingGroup final : public ProcessGroup {
         inner_(std::move(inner)) {}
   std::string_view backend_name() const override { return inner_->backend_name(); }
   MemoryLocation memory_location() const override { return inner_->memory_location(); }
-  [[noreturn]] void abort_job(std::string_view message) override { inner_->abort_job(message); }
+  [[noreturn]] void abort_job(std::string_view message) override {
+    inner_->abort_job(message);
+    std::abort();  // not reached: the inner group ends the job
+  }
   std::int64_t all_gathers = 0, reduce_scatters = 0, all_reduces = 0, others = 0;
 
  protected:

@@ -128,6 +128,10 @@ if(TARGET fsdp-bench)  # FSDP_BUILD_BENCHMARKS
                         COMMAND ${FSDP_MPIRUN} -np 2 $<TARGET_FILE:fsdp-bench> --case load --load-hidden 64 --load-experts 4 --load-layers 2 --iterations 2 --load-dir ${CMAKE_CURRENT_BINARY_DIR} --json
                         OUTPUT "\"bytes_read_ratio\":.*\"rss_ratio\":"
                         ONCE "\"bytes\":[0-9]+,.*\"case\":\"load\".*\"ranks\":2,\"ratio\":")
+  # The same with Mixtral's names (block_sparse_moe.experts.{e}.w1/w3/w2).
+  fsdp_add_program_test(bench_load_mixtral_json_smoke EXIT 0 TIMEOUT 60
+                        COMMAND ${FSDP_MPIRUN} -np 2 $<TARGET_FILE:fsdp-bench> --case load --load-layout mixtral --load-hidden 64 --load-experts 4 --load-layers 2 --iterations 2 --load-dir ${CMAKE_CURRENT_BINARY_DIR} --json
+                        OUTPUT "\"bytes_read_ratio\":1\\.0.*\"layout\":\"mixtral\"")
 endif()
 
 # fsdp-train across runs: resume gives the uninterrupted run's losses; world

@@ -324,9 +324,9 @@ MultiStageModel::SegmentResult MultiStageModel::run_segment(Stage& stage, std::s
       }
     }
     if (record && side.expert_tokens.defined()) {
+      // Added up where they were computed: no device-to-host copy per layer.
       at::Tensor& total = expert_tokens_total_.at(stage.first_layer + l);
-      const at::Tensor counts = side.expert_tokens.detach().to(at::kCPU, at::kDouble);
-      total = total.defined() ? total + counts : counts;
+      total = total.defined() ? total + side.expert_tokens.detach() : side.expert_tokens.detach();
     }
     // Between layers: let the next stage's all-gather advance (Note [MPI progress]).
     if (prefetching != nullptr) prefetching->progress();
@@ -349,7 +349,7 @@ AuxiliaryTotals MultiStageModel::take_auxiliary_totals() {
   auxiliary_loss_total_ = at::Tensor();
   for (std::size_t l = 0; l < expert_tokens_total_.size(); ++l) {
     if (expert_tokens_total_[l].defined()) {
-      totals.expert_tokens.emplace_back(l, std::move(expert_tokens_total_[l]));
+      totals.expert_tokens.emplace_back(l, expert_tokens_total_[l].to(at::kCPU, at::kDouble));
       expert_tokens_total_[l] = at::Tensor();
     }
   }
