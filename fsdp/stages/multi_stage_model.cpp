@@ -417,6 +417,9 @@ double MultiStageModel::forward_backward(const at::Tensor& input, const LossFunc
   }
   const at::Tensor loss_value = loss(passes.back().result.output);
   const double loss_result = loss_value.item<double>();
+  // The loss's graph keeps what its backward needs; the output itself (the
+  // logits: tokens x vocabulary) need not stay alive through that backward.
+  passes.back().result.output = at::Tensor();
   for (std::size_t s = count; s-- > 0;) {
     Stage& stage = stages_[s];
     StagePass& pass = passes[s];
