@@ -4,6 +4,7 @@
 // Every test reports SKIPPED -- never passed -- when there is nothing to run it on.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <torch/nn/modules/batchnorm.h>
 
 #include <cmath>
 
@@ -11,6 +12,7 @@
 #include "fsdp/inspector.h"
 #include "fsdp/kernels/cast.h"
 #include "fsdp/launch/cuda_devices.h"
+#include "fsdp/stages/adopted_module.h"
 #include "mpi_test_environment.h"
 
 #if FSDP_WITH_CUDA
@@ -132,6 +134,30 @@ TEST(Gpu, NcclCollectivesAtWorldSizeOne) {
 #else
   GTEST_SKIP() << "built without NCCL";
 #endif
+}
+
+// A module adopted into a stage on the GPU: ATen's set_() cannot re-point
+// its CPU parameters at CUDA views, so bind gives them the views' device
+// first (no copy) and moves the buffers (issue 14, item 4).
+TEST(Gpu, AdoptedModuleBindsToCudaViews) {
+  if (!has_gpu() || !at::hasCUDA()) GTEST_SKIP() << "no CUDA device, or a CPU-only libtorch";
+  torch::nn::BatchNorm1d norm(4);  // a weight, a bias and running-statistics buffers
+  stages::AdoptedModule adopted("norm.", norm.ptr(),
+                                [norm](const at::Tensor& x) mutable { return norm->forward(x); });
+  std::vector<at::Tensor> views;
+  for (const ParameterSpec& spec : adopted.parameter_specs()) {
+    views.push_back(at::ones(spec.shape, at::TensorOptions().device(at::kCUDA)));
+  }
+  adopted.bind(views);
+  for (const auto& item : norm->named_parameters()) {
+    EXPECT_TRUE(item.value().is_cuda()) << item.key();
+  }
+  for (const auto& item : norm->named_buffers()) {
+    EXPECT_TRUE(item.value().is_cuda()) << item.key() << " stayed on " << item.value().device();
+  }
+  EXPECT_EQ(norm->weight.data_ptr(), views[0].data_ptr());
+  const at::Tensor output = adopted.forward(at::randn({8, 4}, at::kCUDA));
+  EXPECT_TRUE(output.is_cuda());
 }
 
 TEST(Gpu, StageWithCudaBuffersRestoresAndInspects) {

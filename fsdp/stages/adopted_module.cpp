@@ -42,13 +42,29 @@ void AdoptedModule::bind(std::vector<at::Tensor> parameters) {
   }
   auto named = module_->named_parameters(/*recurse=*/true);
   at::NoGradGuard no_grad;
+  if (!parameters.empty()) move_buffers_to(parameters.front().device());
   for (std::size_t i = 0; i < names_.size(); ++i) {
     at::Tensor parameter = named[names_[i]];
     const at::Tensor& view = parameters[i];
+    // ATen's set_() keeps a tensor on its device: a CPU parameter cannot
+    // alias a CUDA view. Give it an empty tensor on the view's device first
+    // (no copy: the values reach the shards through initial_value()).
+    if (parameter.device() != view.device()) {
+      parameter.set_data(at::empty({0}, view.options().requires_grad(false)));
+    }
     // The module's tensor now aliases the view's memory; its gradient is the
     // view's gradient (a view of the gradient buffer).
     parameter.set_(view.variable_data());
     if (view.grad().defined()) parameter.mutable_grad() = view.grad();
+  }
+}
+
+void AdoptedModule::move_buffers_to(const c10::Device& device) {
+  // Buffers (running statistics, masks) are not parameters: they stay the
+  // module's own and follow the stage's device.
+  for (const auto& item : module_->named_buffers(/*recurse=*/true)) {
+    at::Tensor buffer = item.value();
+    if (buffer.defined() && buffer.device() != device) buffer.set_data(buffer.to(device));
   }
 }
 

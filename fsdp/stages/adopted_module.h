@@ -13,7 +13,9 @@
 // at its view of the stage's weight buffer, and its .grad() at its view of the
 // gradient buffer. The module's own forward then reads the restored weights
 // and autograd accumulates into the flat gradient buffer, as for declared
-// layers. Buffers registered with register_buffer() stay where they are.
+// layers. A stage on a GPU works too: the CPU parameters are re-pointed at
+// device views without a copy, and buffers registered with register_buffer()
+// (running statistics, masks) are moved to the stage's device when bound.
 // The module must not be moved to another device or dtype afterwards.
 #pragma once
 
@@ -49,6 +51,8 @@ class AdoptedModule final : public Layer {
   torch::nn::Module& module() { return *module_; }
 
  private:
+  void move_buffers_to(const c10::Device& device);
+
   std::string prefix_;
   std::shared_ptr<torch::nn::Module> module_;
   Forward forward_;
