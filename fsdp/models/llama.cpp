@@ -94,8 +94,7 @@ class DecoderBlock final : public Layer {
     const at::Tensor distance = positions.unsqueeze(1) - positions.unsqueeze(0);  // query - key
     at::Tensor hidden_from_query = distance.lt(0);
     window_ = config.attention_window(layer);
-    const std::int64_t window = window_;
-    if (window > 0) hidden_from_query = hidden_from_query.logical_or(distance.ge(window));
+    if (window_ > 0) hidden_from_query = hidden_from_query.logical_or(distance.ge(window_));
     causal_mask_ = at::zeros({config.max_sequence, config.max_sequence})
                        .masked_fill(hidden_from_query, -std::numeric_limits<float>::infinity());
     // Which optional parameters this block has, in parameter_specs() order.
@@ -326,16 +325,17 @@ class DecoderBlock final : public Layer {
     const auto add = [&loss](const at::Tensor& term) {
       loss = loss.defined() ? loss + term : term;
     };
+    // In float32 at least: bfloat16 means and logsumexp squares are coarse.
+    const auto precision = at::promote_types(logits.scalar_type(), at::kFloat);
     if (config_.router_aux_loss_coefficient != 0) {
       const auto length = static_cast<double>(routed.size(1));
-      const at::Tensor fraction = per_sequence.to(probabilities.scalar_type()) / length;
-      const at::Tensor mean_probability = probabilities.view({sequences, -1, experts}).mean(1);
+      const at::Tensor fraction = per_sequence.to(precision) / length;
+      const at::Tensor mean_probability =
+          probabilities.to(precision).view({sequences, -1, experts}).mean(1);
       add((fraction * mean_probability).sum(-1).mean() *
           (static_cast<double>(experts) * config_.router_aux_loss_coefficient));
     }
     if (config_.router_z_loss_coefficient != 0) {
-      // In float32 at least: bfloat16 logsumexp squares are coarse.
-      const auto precision = at::promote_types(logits.scalar_type(), at::kFloat);
       add(at::logsumexp(logits.to(precision), -1).square().mean() *
           config_.router_z_loss_coefficient);
     }
