@@ -23,6 +23,7 @@
 #include "fsdp/stages/multi_stage_model.h"
 #include "fsdp/stages/sharded_adamw.h"
 #include "mpi_test_environment.h"
+#include "process_memory_support.h"
 
 namespace fsdp::stages {
 namespace {
@@ -254,29 +255,19 @@ TEST(ActivationCheckpointing, BFloat16Compute) {
   expect_same_run(with([](Case& c) { c.bfloat16 = true, c.experts = 4, c.prefetch = true; }));
 }
 
-// A field of /proc/self/status, in bytes ("VmRSS", "VmHWM").
-std::int64_t status_bytes(const std::string& field) {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1)) * 1024;
-  }
-  return -1;
-}
-
 // What one training step adds to the resident set at its peak: the free
 // pages handed back first (glibc keeps them), the high-water mark reset.
 std::int64_t step_peak_bytes(MultiStageModel& model, const at::Tensor& tokens,
                              std::int64_t vocabulary) {
   malloc_trim(0);
-  std::ofstream("/proc/self/clear_refs") << "5";
-  const std::int64_t before = status_bytes("VmRSS");
+  testing::reset_peak_rss();
+  const std::int64_t before = testing::status_bytes("VmRSS");
   model.zero_gradients();
   model.forward_backward(tokens.narrow(1, 0, tokens.size(1) - 1), [&](const at::Tensor& logits) {
     return at::cross_entropy_loss(logits.reshape({-1, vocabulary}),
                                   tokens.narrow(1, 1, tokens.size(1) - 1).reshape({-1}));
   });
-  return status_bytes("VmHWM") - before;
+  return testing::status_bytes("VmHWM") - before;
 }
 
 // The point of it all, measured: a step's peak memory falls, and the
@@ -305,7 +296,7 @@ TEST(ActivationCheckpointing, StepPeakMemoryFallsAndTheEstimateHolds) {
     measured[mode] = {step_peak_bytes(model, tokens, config.vocabulary),
                       model.memory(nullptr, 2, 256).activations};
   }
-  ASSERT_GT(status_bytes("VmHWM"), 0) << "no /proc/self/status";
+  ASSERT_GT(testing::status_bytes("VmHWM"), 0) << "no /proc/self/status";
   const auto [plain, plain_estimate] = measured[ActivationCheckpointing::kNone];
   const auto [layers, layers_estimate] = measured[ActivationCheckpointing::kLayers];
   if (testing::runtime().rank() == 0) {

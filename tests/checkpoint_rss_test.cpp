@@ -15,6 +15,7 @@
 #include "fsdp/checkpoint/hf_import.h"
 #include "fsdp/models/llama_conversion.h"
 #include "mpi_test_environment.h"
+#include "process_memory_support.h"
 
 namespace fsdp::testing {
 namespace {
@@ -22,15 +23,6 @@ namespace {
 constexpr std::int64_t kChunkBytes = std::int64_t{1} << 20;  // each expert tensor is 128 KiB
 // The fixed part: the plan and headers, MPI's buffers, the allocator.
 constexpr std::int64_t kFixedAllowance = std::int64_t{16} << 20;
-
-std::int64_t status_bytes(const std::string& field) {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1)) * 1024;
-  }
-  return -1;
-}
 
 TEST(CheckpointMemory, ImportingSixtyFourExpertsAddsAtMostOneChunk) {
   // A fixed mmap threshold: large blocks go back to the system when freed, so
@@ -60,7 +52,7 @@ TEST(CheckpointMemory, ImportingSixtyFourExpertsAddsAtMostOneChunk) {
   std::int64_t shard_bytes = 0;
   for (auto* stage : model.stages()) shard_bytes += stage->weight_shard().numel() * 4;
 
-  { std::ofstream("/proc/self/clear_refs") << "5"; }
+  reset_peak_rss();
   const std::int64_t before = status_bytes("VmRSS");
   ASSERT_LE(status_bytes("VmHWM"), before + (std::int64_t{4} << 20))
       << "this kernel does not reset the peak RSS; the measurement would be meaningless";

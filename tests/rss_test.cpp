@@ -8,11 +8,11 @@
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
-#include <fstream>
 #include <string>
 
 #include "fsdp/stages/multi_stage_model.h"
 #include "mpi_test_environment.h"
+#include "process_memory_support.h"
 
 namespace fsdp::stages {
 namespace {
@@ -47,23 +47,13 @@ class WideBlock final : public Layer {
   std::vector<at::Tensor> parameters_;
 };
 
-std::int64_t status_kib(const std::string& field) {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1));
-  }
-  return -1;
-}
-
 TEST(ResidentMemory, ZeroThreeWithTwoSharedBuffersStaysWithinTheReportedBytes) {
   auto group = testing::runtime().process_group();
   at::set_num_threads(1);
-  // Linux resets the peak (VmHWM) to the current RSS on writing "5" here.
-  { std::ofstream("/proc/self/clear_refs") << "5"; }
-  const std::int64_t baseline = status_kib("VmRSS") * 1024;
+  testing::reset_peak_rss();
+  const std::int64_t baseline = testing::status_bytes("VmRSS");
   ASSERT_GT(baseline, 0);
-  ASSERT_LE(status_kib("VmHWM") * 1024, baseline + (std::int64_t{4} << 20))
+  ASSERT_LE(testing::status_bytes("VmHWM"), baseline + (std::int64_t{4} << 20))
       << "this kernel does not reset the peak RSS; the measurement would be meaningless";
 
   std::vector<std::unique_ptr<Layer>> layers;
@@ -81,7 +71,7 @@ TEST(ResidentMemory, ZeroThreeWithTwoSharedBuffersStaysWithinTheReportedBytes) {
                            [](const at::Tensor& output) { return output.square().mean(); });
     model.reduce_gradients();
   }
-  const std::int64_t peak = status_kib("VmHWM") * 1024 - baseline;
+  const std::int64_t peak = testing::status_bytes("VmHWM") - baseline;
   const ModelMemory memory = model.memory();
   const std::int64_t full_weights_and_gradients = 2 * kLayers * 2 * kWide * kHidden * 4;
   if (group->rank() == 0) {
