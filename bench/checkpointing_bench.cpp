@@ -7,6 +7,7 @@
 #include <fstream>
 #include <string>
 
+#include "bench/bench_trainee.h"
 #include "bench/timing.h"
 #include "fsdp/models/llama.h"
 #include "fsdp/stages/sharded_adamw.h"
@@ -33,35 +34,6 @@ void reset_peak_rss() {
   clear << "5";
 }
 
-struct Trainee {
-  std::unique_ptr<stages::MultiStageModel> model;
-  std::unique_ptr<stages::ShardedAdamW> optimizer;
-  std::vector<double> losses, norms;
-
-  Trainee(const models::LlamaConfig& config, launch::Runtime& runtime,
-          stages::ActivationCheckpointing mode) {
-    stages::MultiStageOptions options;
-    options.zero_stage = 3;
-    options.shared_weight_buffers = 2;
-    options.shared_gradient_buffers = 2;
-    options.activation_checkpointing = mode;
-    model = std::make_unique<stages::MultiStageModel>(models::build_llama_layers(config),
-                                                      runtime.process_group(), options);
-    model->initialize_weights(1);
-    optimizer =
-        std::make_unique<stages::ShardedAdamW>(model->stages(), stages::ShardedAdamWOptions{});
-  }
-
-  void step(const at::Tensor& inputs, const at::Tensor& targets) {
-    model->zero_gradients();
-    losses.push_back(model->forward_backward(inputs, [&](const at::Tensor& logits) {
-      return at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
-    }));
-    model->reduce_gradients();
-    norms.push_back(optimizer->step(1e-4));
-  }
-};
-
 }  // namespace
 
 CheckpointingBenchResult run_checkpointing_bench(launch::Runtime& runtime,
@@ -80,13 +52,15 @@ CheckpointingBenchResult run_checkpointing_bench(launch::Runtime& runtime,
   const at::Tensor inputs = tokens.narrow(1, 0, options.sequence);
   const at::Tensor targets = tokens.narrow(1, 1, options.sequence);
 
-  Trainee plain(config, runtime, stages::ActivationCheckpointing::kNone);
-  Trainee checkpointed(config, runtime, options.mode);
+  BenchTrainee plain(config, runtime, bench_model_options(3), 1e-4);
+  stages::MultiStageOptions checkpointing = bench_model_options(3);
+  checkpointing.activation_checkpointing = options.mode;
+  BenchTrainee checkpointed(config, runtime, checkpointing, 1e-4);
   CheckpointingBenchResult result;
   for (const Fsdp* stage : plain.model->stages()) {
     result.parameters += stage->layout().unpadded_numel();
   }
-  const auto estimate = [&](const Trainee& trainee) {
+  const auto estimate = [&](const BenchTrainee& trainee) {
     return static_cast<double>(
                trainee.model->memory(nullptr, options.rows_per_rank, options.sequence)
                    .activations) /
@@ -99,7 +73,7 @@ CheckpointingBenchResult run_checkpointing_bench(launch::Runtime& runtime,
   // then one round that measures each step's peak above its start, max over
   // ranks (malloc_trim first, so that a page the other run freed is not
   // counted as this one's).
-  const auto peak_of_step = [&](Trainee& trainee) {
+  const auto peak_of_step = [&](BenchTrainee& trainee) {
     reset_peak_rss();
     const double before = status_mib("VmRSS");
     trainee.step(inputs, targets);

@@ -1,5 +1,7 @@
 #include "bench/step_bench.h"
 
+#include "bench/bench_trainee.h"
+
 #include "bench/timing.h"
 
 #include <ATen/ATen.h>
@@ -20,36 +22,6 @@ namespace {
 at::Tensor loss_of(const at::Tensor& logits, const at::Tensor& targets) {
   return at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
 }
-
-// One runtime configuration: a model, its optimizer, and its step.
-struct RuntimeUnderTest {
-  std::unique_ptr<stages::MultiStageModel> model;
-  std::unique_ptr<stages::ShardedAdamW> optimizer;
-
-  RuntimeUnderTest(const models::LlamaConfig& config, launch::Runtime& runtime, int zero_stage,
-                   bool prefetch) {
-    stages::MultiStageOptions options;
-    options.zero_stage = zero_stage;
-    options.prefetch = prefetch;
-    if (zero_stage == 3) {
-      options.shared_weight_buffers = 2;
-      options.shared_gradient_buffers = 2;
-    }
-    model = std::make_unique<stages::MultiStageModel>(models::build_llama_layers(config),
-                                                      runtime.process_group(), options);
-    model->initialize_weights(1);
-    optimizer =
-        std::make_unique<stages::ShardedAdamW>(model->stages(), stages::ShardedAdamWOptions{});
-  }
-
-  void step(const at::Tensor& inputs, const at::Tensor& targets) {
-    model->zero_gradients();
-    model->forward_backward(inputs,
-                            [&](const at::Tensor& logits) { return loss_of(logits, targets); });
-    model->reduce_gradients();
-    optimizer->step(1e-3);
-  }
-};
 
 }  // namespace
 
@@ -85,7 +57,7 @@ StepBenchResult run_step_bench(launch::Runtime& runtime, const StepBenchOptions&
   const double tokens_per_step = static_cast<double>(options.batch * options.sequence);
   StepBenchResult result;
 
-  RuntimeUnderTest ours(config, runtime, options.zero_stage, /*prefetch=*/false);
+  BenchTrainee ours(config, runtime, bench_model_options(options.zero_stage), 1e-3);
   if (ranks == 1) {
     // Plain libtorch: the same layers on ordinary tensors.
     auto plain_layers = models::build_llama_layers(config);
@@ -122,7 +94,9 @@ StepBenchResult run_step_bench(launch::Runtime& runtime, const StepBenchOptions&
     return result;
   }
 
-  RuntimeUnderTest prefetching(config, runtime, options.zero_stage, /*prefetch=*/true);
+  stages::MultiStageOptions prefetch_options = bench_model_options(options.zero_stage);
+  prefetch_options.prefetch = true;
+  BenchTrainee prefetching(config, runtime, prefetch_options, 1e-3);
   std::vector<double> off_times, on_times, off_exposed, on_exposed;
   for (int i = 0; i < options.iterations + 1; ++i) {
     const double a = timed([&] { ours.step(local_inputs, local_targets); });
