@@ -72,6 +72,18 @@ T at_least(const po::variables_map& values, const std::string& option, T minimum
   return value;
 }
 
+// A shared-buffer count: "auto" (stages::kAutomaticBuffers) or an integer >= 0.
+int buffer_count(const po::variables_map& values, const std::string& option) {
+  const std::string text = values[option].as<std::string>();
+  if (text == "auto") return stages::kAutomaticBuffers;
+  const char* expected = "expected auto or a whole number >= 0";
+  if (text.empty() || text.size() > 6 ||
+      text.find_first_not_of("0123456789") != std::string::npos) {
+    refuse(option, text, expected);
+  }
+  return std::stoi(text);
+}
+
 // A size option that overrides the preset when given (0 keeps the preset's).
 void override_size(const po::variables_map& values, const std::string& option,
                    std::int64_t& field) {
@@ -275,10 +287,12 @@ po::options_description train_options_description() {
       "dtype", po::value<std::string>()->default_value("float32"),
       "compute dtype of the gathered weights: float32 or bfloat16 (the shards stay float32)")(
       "layers-per-stage", po::value<int>()->default_value(1), "layers sharing one flat shard")(
-      "shared-weight-buffers", po::value<int>()->default_value(0),
-      "weight buffers shared round-robin by the stages (ZeRO-3; 0: one per stage)")(
-      "shared-gradient-buffers", po::value<int>()->default_value(0),
-      "gradient buffers shared round-robin (ZeRO-2/3; 0: one per stage)")(
+      "shared-weight-buffers", po::value<std::string>()->default_value("auto"),
+      "weight buffers shared round-robin by the stages (ZeRO-3; 0: one per stage; auto: 2 "
+      "under ZeRO-3 with more than 2 stages, else 0)")(
+      "shared-gradient-buffers", po::value<std::string>()->default_value("auto"),
+      "gradient buffers shared round-robin (ZeRO-2/3; 0: one per stage; auto: 1 under ZeRO-3 "
+      "with more than 1 stage, else 0)")(
       "prefetch", po::bool_switch(),
       "start the next stage's all-gather before the current one computes")(
       "activation-checkpointing", po::value<std::string>()->default_value("none"),
@@ -400,8 +414,8 @@ TrainOptions train_options_from(const po::variables_map& values, int world_size)
     refuse("dtype", options.compute_dtype, "expected float32 or bfloat16");
   }
   options.layers_per_stage = at_least<int>(values, "layers-per-stage", 1);
-  options.shared_weight_buffers = at_least<int>(values, "shared-weight-buffers", 0);
-  options.shared_gradient_buffers = at_least<int>(values, "shared-gradient-buffers", 0);
+  options.shared_weight_buffers = buffer_count(values, "shared-weight-buffers");
+  options.shared_gradient_buffers = buffer_count(values, "shared-gradient-buffers");
   if (options.shared_weight_buffers > 0 && options.zero_stage != 3) {
     refuse("shared-weight-buffers", std::to_string(options.shared_weight_buffers),
            "shared weight buffers need --zero-stage 3");

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "fsdp/models/llama.h"
+#include "fsdp/stages/multi_stage_model.h"
 
 namespace fsdp::launch {
 
@@ -61,8 +62,10 @@ struct TrainOptions {
   int zero_stage = 3;
   std::string compute_dtype = "float32";  // of the weight buffers; shards are float32
   int layers_per_stage = 1;
-  int shared_weight_buffers = 0;  // 0: every stage has its own (ZeRO-3 only otherwise)
-  int shared_gradient_buffers = 0;
+  // 0: every stage has its own; stages::kAutomaticBuffers: the runtime chooses
+  // (MultiStageOptions). Positive counts need ZeRO-3 (weights) or ZeRO-2/3 (gradients).
+  int shared_weight_buffers = stages::kAutomaticBuffers;
+  int shared_gradient_buffers = stages::kAutomaticBuffers;
   bool prefetch = false;
   // stages::ActivationCheckpointing by name: none, stages or layers.
   std::string activation_checkpointing = "none";

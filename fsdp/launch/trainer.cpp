@@ -96,6 +96,18 @@ at::Tensor next_token_loss(const at::Tensor& logits, const at::Tensor& targets) 
                                 targets.reshape({-1}));
 }
 
+// ", 2 shared weight buffers, 1 shared gradient buffer" (nothing for per-stage buffers).
+std::string shared_buffers_text(const stages::MultiStageOptions& options) {
+  std::string text;
+  auto add = [&](int count, const char* kind) {
+    if (count == 0) return;
+    text += ", " + std::to_string(count) + " shared " + kind + " buffer" + (count > 1 ? "s" : "");
+  };
+  add(options.shared_weight_buffers, "weight");
+  add(options.shared_gradient_buffers, "gradient");
+  return text;
+}
+
 class Training {
  public:
   Training(Runtime& runtime, const TrainOptions& options, std::ostream& out)
@@ -217,8 +229,9 @@ class Training {
     const std::int64_t rows = options_.batch / runtime_.world_size() / options_.micro_batches;
     say("runtime: ZeRO-" + std::to_string(options_.zero_stage) + ", compute " +
         options_.compute_dtype + ", " + std::to_string(options_.layers_per_stage) +
-        " layer(s) per stage" + (options_.prefetch ? ", prefetch" : "") +
-        ", activation checkpointing " + options_.activation_checkpointing + "; per rank " +
+        " layer(s) per stage" + shared_buffers_text(model_->options()) +
+        (options_.prefetch ? ", prefetch" : "") + ", activation checkpointing " +
+        options_.activation_checkpointing + "; per rank " +
         model_->memory(optimizer_.get(), rows, options_.sequence_length).describe());
     say("data: " + data_.describe(options_.steps) + "; global batch " +
         std::to_string(options_.batch) + " x " + std::to_string(options_.sequence_length) +

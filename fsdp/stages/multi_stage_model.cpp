@@ -24,8 +24,11 @@ void check_options(const MultiStageOptions& options) {
   if (options.zero_stage < 1 || options.zero_stage > 3) {
     fail("zero_stage must be 1, 2 or 3, got " + std::to_string(options.zero_stage));
   }
-  if (options.shared_weight_buffers < 0 || options.shared_gradient_buffers < 0) {
-    fail("the number of shared buffers cannot be negative");
+  if (options.shared_weight_buffers < kAutomaticBuffers ||
+      options.shared_gradient_buffers < kAutomaticBuffers) {
+    fail(
+        "the number of shared buffers cannot be negative (kAutomaticBuffers lets the runtime "
+        "choose)");
   }
   if (options.shared_weight_buffers > 0 && options.zero_stage != 3) {
     fail("shared_weight_buffers = " + std::to_string(options.shared_weight_buffers) +
@@ -36,6 +39,22 @@ void check_options(const MultiStageOptions& options) {
     fail("shared_gradient_buffers = " + std::to_string(options.shared_gradient_buffers) +
          " needs zero_stage 2 or 3 (ZeRO-1 keeps every stage's gradients until the step ends)");
   }
+}
+
+// Replaces automatic buffer counts (kAutomaticBuffers) with the chosen ones.
+MultiStageOptions with_buffer_counts(MultiStageOptions options, std::size_t layer_count) {
+  const std::size_t per_stage = static_cast<std::size_t>(options.layers_per_stage);
+  const std::size_t stage_count = (layer_count + per_stage - 1) / per_stage;
+  const bool zero3 = options.zero_stage == 3;
+  if (options.shared_weight_buffers == kAutomaticBuffers) {
+    // With 2 stages or fewer, sharing saves nothing and costs the shard
+    // aliasing (Note [Shard aliasing]).
+    options.shared_weight_buffers = zero3 && stage_count > 2 ? 2 : 0;
+  }
+  if (options.shared_gradient_buffers == kAutomaticBuffers) {
+    options.shared_gradient_buffers = zero3 && stage_count > 1 ? 1 : 0;
+  }
+  return options;
 }
 
 std::string mebibytes(std::int64_t bytes) {
@@ -113,6 +132,7 @@ MultiStageModel::MultiStageModel(std::vector<std::unique_ptr<Layer>> layers,
     : layers_(std::move(layers)), options_(options) {
   check_options(options_);
   if (layers_.empty()) throw std::invalid_argument("a model needs at least one layer");
+  options_ = with_buffer_counts(options_, layers_.size());
   if (!group) throw std::invalid_argument("multi-stage model: no process group given");
   build_stages(group);
 }

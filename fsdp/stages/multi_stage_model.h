@@ -89,15 +89,25 @@ const char* activation_checkpointing_name(ActivationCheckpointing mode);
 // Throws std::invalid_argument naming the value and the accepted ones.
 ActivationCheckpointing parse_activation_checkpointing(const std::string& name);
 
+// The shared-buffer count the runtime chooses (MultiStageOptions).
+inline constexpr int kAutomaticBuffers = -1;
+
 struct MultiStageOptions {
   int layers_per_stage = 1;
   int zero_stage = 1;  // 1, 2 or 3
   // Weight buffers shared round-robin (stage s uses buffer s mod n), each as
   // large as the largest stage using it; 0: every stage has its own. Needs
-  // zero_stage 3. Prefetch needs at least 2.
-  int shared_weight_buffers = 0;
-  // Gradient buffers shared round-robin; 0: every stage has its own. Needs zero_stage >= 2.
-  int shared_gradient_buffers = 0;
+  // zero_stage 3. Prefetch needs at least 2. kAutomaticBuffers (the default):
+  // 2 under ZeRO-3 when there are more than 2 stages -- the stage computing
+  // and the one prefetched, so a rank holds its shards plus two stages'
+  // weights whatever the depth -- and 0 otherwise.
+  int shared_weight_buffers = kAutomaticBuffers;
+  // Gradient buffers shared round-robin; 0: every stage has its own. Needs
+  // zero_stage >= 2. kAutomaticBuffers (the default): 1 under ZeRO-3 with more
+  // than one stage (a stage's reduce-scatter ends before the previous stage's
+  // backward starts, so one buffer serves them all), 0 otherwise: ZeRO-1 and
+  // ZeRO-2 keep a buffer per stage.
+  int shared_gradient_buffers = kAutomaticBuffers;
   bool prefetch = false;
   ActivationCheckpointing activation_checkpointing = ActivationCheckpointing::kNone;
   FsdpOptions fsdp;
@@ -158,6 +168,7 @@ class MultiStageModel {
   Fsdp* tied_stage() { return tied_.get(); }
   // Every Fsdp (tied stage last): what the optimizer and the inspector work on.
   std::vector<Fsdp*> stages();
+  // The options in effect: automatic buffer counts replaced by the counts chosen.
   const MultiStageOptions& options() const { return options_; }
 
   // Deterministic, world-size-independent weights (Fsdp::initialize_weights),
