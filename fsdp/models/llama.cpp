@@ -6,9 +6,13 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <limits>
+#include <map>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <vector>
 
 // libtorch 2's at::scaled_dot_product_attention (DecoderBlock::attention).
 #if defined(TORCH_VERSION_MAJOR) && TORCH_VERSION_MAJOR >= 2
@@ -72,31 +76,91 @@ at::Tensor rope_inverse_frequencies(const LlamaConfig& config) {
   return inv_freq;
 }
 
-class DecoderBlock final : public Layer {
+// The RoPE cos/sin tables and the additive attention mask of one attention
+// window, built once per model and shared by every block attending alike
+// (they are non-persistent buffers: computed, never loaded), and converted to
+// a device and dtype once, on first use, rather than in every forward. The
+// mask is [max_sequence, max_sequence]: one per block would cost layers x T^2.
+// Thread-safety: none (the conversion cache is filled from forward).
+class PositionTables {
  public:
-  // `prefix` names the parameters: "decoder.3." for a block of its own, "decoder." inside a stack.
-  // `layer` is its index among the decoder layers (MoE or dense, attention window).
-  DecoderBlock(const LlamaConfig& config, std::string prefix, std::int64_t layer)
-      : config_(config),
-        prefix_(std::move(prefix)),
-        moe_(config.is_moe_layer(layer)),
-        head_size_(config.head_size()),
-        kv_heads_(config.key_value_heads()) {
-    // Non-persistent buffers, computed here as real tensors (RoPE inv_freq lost
-    // on the meta device cannot happen: they are not parameters).
+  PositionTables(const LlamaConfig& config, std::int64_t window) {
     const at::Tensor angles =
         at::outer(at::arange(config.max_sequence, at::kDouble), rope_inverse_frequencies(config));
     const at::Tensor doubled = at::cat({angles, angles}, -1).to(at::kFloat);
     cos_ = doubled.cos();
     sin_ = doubled.sin();
+    // libtorch 2's fused attention takes full causal attention as a flag.
+    if (FSDP_FUSED_ATTENTION && window == 0) return;
     // Masked: the future, and with a window w, everything w or more tokens back.
     const at::Tensor positions = at::arange(config.max_sequence, at::kLong);
     const at::Tensor distance = positions.unsqueeze(1) - positions.unsqueeze(0);  // query - key
     at::Tensor hidden_from_query = distance.lt(0);
-    window_ = config.attention_window(layer);
-    if (window_ > 0) hidden_from_query = hidden_from_query.logical_or(distance.ge(window_));
-    causal_mask_ = at::zeros({config.max_sequence, config.max_sequence})
-                       .masked_fill(hidden_from_query, -std::numeric_limits<float>::infinity());
+    if (window > 0) hidden_from_query = hidden_from_query.logical_or(distance.ge(window));
+    mask_ = at::zeros({config.max_sequence, config.max_sequence})
+                .masked_fill(hidden_from_query, -std::numeric_limits<float>::infinity());
+  }
+
+  // [sequence, head] cos and sin and the [sequence, sequence] mask (undefined
+  // when not needed), on `like`'s device and in its dtype.
+  struct Tables {
+    at::Tensor cos, sin, mask;
+  };
+  Tables for_input(const at::Tensor& like, std::int64_t sequence) {
+    const Tables& full = converted(like.device(), like.scalar_type());
+    return {full.cos.narrow(0, 0, sequence), full.sin.narrow(0, 0, sequence),
+            full.mask.defined() ? full.mask.narrow(0, 0, sequence).narrow(1, 0, sequence)
+                                : at::Tensor()};
+  }
+
+ private:
+  struct Converted {
+    c10::Device device;
+    at::ScalarType dtype;
+    Tables tables;
+  };
+  at::Tensor cos_, sin_, mask_;  // float32, on the CPU
+  std::vector<Converted> converted_;
+
+  const Tables& converted(c10::Device device, at::ScalarType dtype) {
+    for (const Converted& entry : converted_) {
+      if (entry.device == device && entry.dtype == dtype) return entry.tables;
+    }
+    const auto to = [&](const at::Tensor& t) { return t.defined() ? t.to(device, dtype) : t; };
+    converted_.push_back({device, dtype, {to(cos_), to(sin_), to(mask_)}});
+    return converted_.back().tables;
+  }
+};
+
+// One PositionTables per attention window, made on first request.
+class PositionTableSet {
+ public:
+  explicit PositionTableSet(const LlamaConfig& config) : config_(config) {}
+  std::shared_ptr<PositionTables> for_window(std::int64_t window) {
+    std::shared_ptr<PositionTables>& tables = by_window_[window];
+    if (!tables) tables = std::make_shared<PositionTables>(config_, window);
+    return tables;
+  }
+
+ private:
+  const LlamaConfig& config_;
+  std::map<std::int64_t, std::shared_ptr<PositionTables>> by_window_;
+};
+
+class DecoderBlock final : public Layer {
+ public:
+  // `prefix` names the parameters: "decoder.3." for a block of its own, "decoder." inside a stack.
+  // `layer` is its index among the decoder layers (MoE or dense, attention window).
+  // `tables` must be the set of the same config (shared by the model's blocks).
+  DecoderBlock(const LlamaConfig& config, std::string prefix, std::int64_t layer,
+               PositionTableSet& tables)
+      : config_(config),
+        prefix_(std::move(prefix)),
+        moe_(config.is_moe_layer(layer)),
+        head_size_(config.head_size()),
+        kv_heads_(config.key_value_heads()),
+        window_(config.attention_window(layer)),
+        tables_(tables.for_window(window_)) {
     // Which optional parameters this block has, in parameter_specs() order.
     for (const auto& [role, spec] : roled_specs()) {
       (void)spec;
@@ -167,19 +231,17 @@ class DecoderBlock final : public Layer {
       k = rms_norm(k, get(Role::kKeyNorm), config_.rms_epsilon);
     }
     // Tables and mask on the activations' device, in their dtype (bfloat16 under mixed precision).
-    const at::Tensor cos = cos_.narrow(0, 0, sequence).to(x.device(), x.scalar_type());
-    const at::Tensor sin = sin_.narrow(0, 0, sequence).to(x.device(), x.scalar_type());
-    q = rotate(q.transpose(1, 2), cos, sin);
-    k = rotate(k.transpose(1, 2), cos, sin);
+    const PositionTables::Tables tables = tables_->for_input(x, sequence);
+    q = rotate(q.transpose(1, 2), tables.cos, tables.sin);
+    k = rotate(k.transpose(1, 2), tables.cos, tables.sin);
     // Grouped-query attention: key/value head j serves query heads
     // j * group .. (j + 1) * group - 1, as transformers' repeat_kv lays them out.
     const std::int64_t group = heads / kv_heads_;
     const at::Tensor keys = group == 1 ? k : k.repeat_interleave(group, 1);
     const at::Tensor values = group == 1 ? v : v.repeat_interleave(group, 1);
-    const at::Tensor mask =
-        causal_mask_.narrow(0, 0, sequence).narrow(1, 0, sequence).to(x.device(), x.scalar_type());
-    const at::Tensor attended =
-        attention(q, keys, values, mask).transpose(1, 2).reshape({batch, sequence, query_width});
+    const at::Tensor attended = attention(q, keys, values, tables.mask)
+                                    .transpose(1, 2)
+                                    .reshape({batch, sequence, query_width});
     const at::Tensor after_attention =
         x + at::linear(attended, get(Role::kOutputWeight), get(Role::kOutputBias));
 
@@ -280,10 +342,13 @@ class DecoderBlock final : public Layer {
     return at::linear(at::silu(halves[0]) * halves[1], down, down_bias);
   }
 
-  // Top-k routing over fused experts. Each expert runs on the tokens routed to
-  // it (gathered by index), and its outputs are added back weighted by the
-  // token's router probability (renormalised over the top k when the config
-  // says so): differentiable end to end.
+  // Top-k routing over fused experts. The (token, expert) choices are sorted
+  // by expert once, so each expert runs on one contiguous slice of the
+  // gathered tokens, and the outputs, weighted by the token's router
+  // probability (renormalised over the top k when the config says so), are
+  // added back with one index_add: one host sync per layer (the slice sizes)
+  // instead of one per expert. Differentiable end to end. On the CPU the sum
+  // per token runs in expert order, as a loop over experts would add it.
   at::Tensor mixture_of_experts(const at::Tensor& x) {
     const at::Tensor& gate_up = get(Role::kExpertsGateUp);  // [E, 2I, H]
     const at::Tensor& down = get(Role::kExpertsDown);       // [E, H, I]
@@ -295,17 +360,24 @@ class DecoderBlock final : public Layer {
     const at::Tensor weights = config_.normalize_top_k
                                    ? top_probabilities / top_probabilities.sum(-1, true)
                                    : top_probabilities;
-    at::Tensor output = at::zeros_like(tokens);
+    const at::Tensor choices = top_experts.reshape({-1});  // [tokens * k], token-major
+    const at::Tensor order =
+        std::get<1>(choices.sort(c10::optional<bool>(/*stable=*/true), /*dim=*/0));
+    const at::Tensor token_index = order.div(config_.experts_per_token, "floor");
+    const at::Tensor counts = at::bincount(choices, {}, config_.experts).cpu();
+    const at::Tensor routed = tokens.index_select(0, token_index);
+    const at::Tensor routed_weight = weights.reshape({-1}).index_select(0, order).unsqueeze(-1);
+    std::vector<at::Tensor> outputs;
+    std::int64_t start = 0;
+    const auto* count = counts.data_ptr<std::int64_t>();
     for (std::int64_t expert = 0; expert < config_.experts; ++expert) {
-      const at::Tensor routed = top_experts.eq(expert);  // [tokens, k]
-      const at::Tensor token_index = routed.any(-1).nonzero().reshape({-1});
-      if (token_index.numel() == 0) continue;
-      const at::Tensor token_weight =
-          (weights * routed).sum(-1).index_select(0, token_index).unsqueeze(-1);
-      const at::Tensor expert_output =
-          swiglu(tokens.index_select(0, token_index), gate_up[expert], down[expert]);
-      output = output.index_add(0, token_index, expert_output * token_weight);
+      if (count[expert] == 0) continue;
+      outputs.push_back(
+          swiglu(routed.narrow(0, start, count[expert]), gate_up[expert], down[expert]));
+      start += count[expert];
     }
+    const at::Tensor output =
+        at::zeros_like(tokens).index_add(0, token_index, at::cat(outputs) * routed_weight);
     return output.view(x.sizes());
   }
 
@@ -354,9 +426,7 @@ class DecoderBlock final : public Layer {
   std::int64_t head_size_;
   std::int64_t kv_heads_;
   std::int64_t window_ = 0;  // attention window; 0: full causal attention
-  at::Tensor cos_;
-  at::Tensor sin_;
-  at::Tensor causal_mask_;
+  std::shared_ptr<PositionTables> tables_;
   std::vector<Role> roles_;
   std::array<at::Tensor, static_cast<std::size_t>(Role::kCount)> bound_;
   stages::SideOutputs side_;  // of the last forward, until taken
@@ -366,9 +436,9 @@ class DecoderBlock final : public Layer {
 // block l computes with slice l of each.
 class StackedDecoder final : public Layer {
  public:
-  explicit StackedDecoder(const LlamaConfig& config) {
+  StackedDecoder(const LlamaConfig& config, PositionTableSet& tables) {
     for (std::int64_t l = 0; l < config.layers; ++l) {
-      blocks_.push_back(std::make_unique<DecoderBlock>(config, "decoder.", l));
+      blocks_.push_back(std::make_unique<DecoderBlock>(config, "decoder.", l, tables));
     }
   }
   std::vector<ParameterSpec> parameter_specs() const override {
@@ -513,12 +583,13 @@ std::vector<std::unique_ptr<Layer>> build_llama_layers(const LlamaConfig& config
   check_config(config);
   std::vector<std::unique_ptr<Layer>> layers;
   layers.push_back(std::make_unique<TokenEmbedding>(config));
+  PositionTableSet tables(config);
   if (config.stacked_layers) {
-    layers.push_back(std::make_unique<StackedDecoder>(config));
+    layers.push_back(std::make_unique<StackedDecoder>(config, tables));
   } else {
     for (std::int64_t i = 0; i < config.layers; ++i) {
       layers.push_back(
-          std::make_unique<DecoderBlock>(config, "decoder." + std::to_string(i) + ".", i));
+          std::make_unique<DecoderBlock>(config, "decoder." + std::to_string(i) + ".", i, tables));
     }
   }
   layers.push_back(std::make_unique<OutputHead>(config));
