@@ -4,35 +4,30 @@
 #include <malloc.h>
 #include <mpi.h>
 
-#include <fstream>
-#include <string>
+#include <stdexcept>
 
 #include "bench/bench_trainee.h"
 #include "bench/timing.h"
+#include "fsdp/launch/process_memory.h"
 #include "fsdp/models/llama.h"
 #include "fsdp/stages/sharded_adamw.h"
 
 namespace fsdp::bench {
 namespace {
 
-// A field of /proc/self/status in MiB ("VmRSS", "VmHWM").
-double status_mib(const std::string& field) {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind(field + ":", 0) == 0) return std::stod(line.substr(field.size() + 1)) / 1024;
-  }
-  throw std::runtime_error("/proc/self/status has no " + field);
-}
-
-// Starts a new high-water mark at the current resident set (Linux >= 4.0),
-// after handing the allocator's free pages back (glibc keeps them otherwise,
-// and the other run's freed activations would hide this one's).
+// Starts a new high-water mark at the current resident set, after handing
+// the allocator's free pages back (glibc keeps them otherwise, and the other
+// run's freed activations would hide this one's).
 void reset_peak_rss() {
   malloc_trim(0);
-  std::ofstream clear("/proc/self/clear_refs");
-  clear << "5";
+  if (!launch::reset_peak_resident_memory()) {
+    throw std::runtime_error(
+        "checkpointing bench: this kernel does not reset the peak RSS through "
+        "/proc/self/clear_refs; the memory figures would be meaningless");
+  }
 }
+
+double mebibytes(std::int64_t bytes) { return static_cast<double>(bytes) / (1 << 20); }
 
 }  // namespace
 
@@ -75,9 +70,9 @@ CheckpointingBenchResult run_checkpointing_bench(launch::Runtime& runtime,
   // counted as this one's).
   const auto peak_of_step = [&](BenchTrainee& trainee) {
     reset_peak_rss();
-    const double before = status_mib("VmRSS");
+    const std::int64_t before = launch::resident_memory().current;
     trainee.step(inputs, targets);
-    double peak = status_mib("VmHWM") - before;
+    double peak = mebibytes(launch::resident_memory().peak - before);
     MPI_Allreduce(MPI_IN_PLACE, &peak, 1, MPI_DOUBLE, MPI_MAX, world);
     return peak;
   };

@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -18,6 +17,7 @@
 
 #include "fsdp/checkpoint/hf_export.h"
 #include "fsdp/checkpoint/hf_import.h"
+#include "fsdp/launch/process_memory.h"
 #include "fsdp/models/llama.h"
 #include "fsdp/models/llama_conversion.h"
 #include "fsdp/stages/multi_stage_model.h"
@@ -161,29 +161,17 @@ void read_share(const std::vector<CheckpointFile>& files, int rank, int ranks,
   }
 }
 
-// A field of /proc/self/status ("VmRSS", "VmHWM"), in bytes.
-std::int64_t status_bytes(const std::string& field) {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1)) * 1024;
-  }
-  throw std::runtime_error("load bench: no " + field + " in /proc/self/status");
-}
-
 // How far this process's peak RSS rises above its RSS while `operation` runs.
 template <typename Operation>
 std::int64_t peak_rss_increase(Operation&& operation) {
-  // Linux (>= 4.0) resets the peak (VmHWM) to the current RSS on writing "5" here.
-  { std::ofstream("/proc/self/clear_refs") << "5"; }
-  const std::int64_t before = status_bytes("VmRSS");
-  if (status_bytes("VmHWM") > before + (std::int64_t{4} << 20)) {
+  if (!launch::reset_peak_resident_memory()) {
     throw std::runtime_error(
         "load bench: this kernel does not reset the peak RSS through /proc/self/clear_refs; "
         "the memory figure would be meaningless");
   }
+  const std::int64_t before = launch::resident_memory().current;
   operation();
-  return status_bytes("VmHWM") - before;
+  return launch::resident_memory().peak - before;
 }
 
 }  // namespace

@@ -18,12 +18,12 @@
 #include <map>
 #include <string>
 
+#include "fsdp/launch/process_memory.h"
 #include "fsdp/models/llama.h"
 #include "fsdp/process_group.h"
 #include "fsdp/stages/multi_stage_model.h"
 #include "fsdp/stages/sharded_adamw.h"
 #include "mpi_test_environment.h"
-#include "process_memory_support.h"
 
 namespace fsdp::stages {
 namespace {
@@ -260,14 +260,14 @@ TEST(ActivationCheckpointing, BFloat16Compute) {
 std::int64_t step_peak_bytes(MultiStageModel& model, const at::Tensor& tokens,
                              std::int64_t vocabulary) {
   malloc_trim(0);
-  testing::reset_peak_rss();
-  const std::int64_t before = testing::status_bytes("VmRSS");
+  launch::reset_peak_resident_memory();
+  const std::int64_t before = launch::resident_memory().current;
   model.zero_gradients();
   model.forward_backward(tokens.narrow(1, 0, tokens.size(1) - 1), [&](const at::Tensor& logits) {
     return at::cross_entropy_loss(logits.reshape({-1, vocabulary}),
                                   tokens.narrow(1, 1, tokens.size(1) - 1).reshape({-1}));
   });
-  return testing::status_bytes("VmHWM") - before;
+  return launch::resident_memory().peak - before;
 }
 
 // The point of it all, measured: a step's peak memory falls, and the
@@ -296,7 +296,7 @@ TEST(ActivationCheckpointing, StepPeakMemoryFallsAndTheEstimateHolds) {
     measured[mode] = {step_peak_bytes(model, tokens, config.vocabulary),
                       model.memory(nullptr, 2, 256).activations};
   }
-  ASSERT_GT(testing::status_bytes("VmHWM"), 0) << "no /proc/self/status";
+  ASSERT_GT(launch::resident_memory().peak, 0) << "no /proc/self/status";
   const auto [plain, plain_estimate] = measured[ActivationCheckpointing::kNone];
   const auto [layers, layers_estimate] = measured[ActivationCheckpointing::kLayers];
   if (testing::runtime().rank() == 0) {

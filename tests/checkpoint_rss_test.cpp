@@ -13,9 +13,9 @@
 #include "checkpoint_test_support.h"
 #include "fsdp/checkpoint/hf_export.h"
 #include "fsdp/checkpoint/hf_import.h"
+#include "fsdp/launch/process_memory.h"
 #include "fsdp/models/llama_conversion.h"
 #include "mpi_test_environment.h"
-#include "process_memory_support.h"
 
 namespace fsdp::testing {
 namespace {
@@ -52,15 +52,15 @@ TEST(CheckpointMemory, ImportingSixtyFourExpertsAddsAtMostOneChunk) {
   std::int64_t shard_bytes = 0;
   for (auto* stage : model.stages()) shard_bytes += stage->weight_shard().numel() * 4;
 
-  reset_peak_rss();
-  const std::int64_t before = status_bytes("VmRSS");
-  ASSERT_LE(status_bytes("VmHWM"), before + (std::int64_t{4} << 20))
+  launch::reset_peak_resident_memory();
+  const std::int64_t before = launch::resident_memory().current;
+  ASSERT_LE(launch::resident_memory().peak, before + (std::int64_t{4} << 20))
       << "this kernel does not reset the peak RSS; the measurement would be meaningless";
   checkpoint::ImportOptions import_options;
   import_options.chunk_bytes = kChunkBytes;
   const auto report =
       checkpoint::import_hf_checkpoint(directory / "hf", rules, model.stages(), import_options);
-  const std::int64_t added = status_bytes("VmHWM") - before;
+  const std::int64_t added = launch::resident_memory().peak - before;
 
   const auto mib = [](std::int64_t bytes) { return static_cast<double>(bytes) / (1 << 20); };
   std::printf(

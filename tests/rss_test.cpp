@@ -10,9 +10,9 @@
 
 #include <string>
 
+#include "fsdp/launch/process_memory.h"
 #include "fsdp/stages/multi_stage_model.h"
 #include "mpi_test_environment.h"
-#include "process_memory_support.h"
 
 namespace fsdp::stages {
 namespace {
@@ -50,10 +50,10 @@ class WideBlock final : public Layer {
 TEST(ResidentMemory, ZeroThreeWithTwoSharedBuffersStaysWithinTheReportedBytes) {
   auto group = testing::runtime().process_group();
   at::set_num_threads(1);
-  testing::reset_peak_rss();
-  const std::int64_t baseline = testing::status_bytes("VmRSS");
+  launch::reset_peak_resident_memory();
+  const std::int64_t baseline = launch::resident_memory().current;
   ASSERT_GT(baseline, 0);
-  ASSERT_LE(testing::status_bytes("VmHWM"), baseline + (std::int64_t{4} << 20))
+  ASSERT_LE(launch::resident_memory().peak, baseline + (std::int64_t{4} << 20))
       << "this kernel does not reset the peak RSS; the measurement would be meaningless";
 
   std::vector<std::unique_ptr<Layer>> layers;
@@ -71,7 +71,7 @@ TEST(ResidentMemory, ZeroThreeWithTwoSharedBuffersStaysWithinTheReportedBytes) {
                            [](const at::Tensor& output) { return output.square().mean(); });
     model.reduce_gradients();
   }
-  const std::int64_t peak = testing::status_bytes("VmHWM") - baseline;
+  const std::int64_t peak = launch::resident_memory().peak - baseline;
   const ModelMemory memory = model.memory();
   const std::int64_t full_weights_and_gradients = 2 * kLayers * 2 * kWide * kHidden * 4;
   if (group->rank() == 0) {

@@ -31,6 +31,7 @@
 #include "fsdp/launch/evaluation.h"
 #include "fsdp/launch/expert_load.h"
 #include "fsdp/launch/metrics_file.h"
+#include "fsdp/launch/process_memory.h"
 #include "fsdp/launch/stop_signals.h"
 #include "fsdp/launch/training_data.h"
 #include "fsdp/models/hf_config.h"
@@ -558,7 +559,33 @@ class Training {
     throw std::logic_error("--inspect " + name + " passed the preflight but is not in the model");
   }
 
+  // The runtime's memory report beside what the ranks measured: the peak
+  // resident set above the one before the model was built, per rank. Collective.
+  void summarize_memory() {
+    const auto world = static_cast<std::size_t>(runtime_.world_size());
+    std::vector<double> peaks(world, 0.0), added(world, 0.0);
+    const ResidentMemory now = resident_memory();
+    const auto rank = static_cast<std::size_t>(runtime_.rank());
+    peaks[rank] = static_cast<double>(now.peak);
+    added[rank] = static_cast<double>(now.peak - baseline_rss_);
+    runtime_.host_group()->all_reduce(host_span(peaks), ReduceOp::kSum);
+    runtime_.host_group()->all_reduce(host_span(added), ReduceOp::kSum);
+    if (now.peak < 0 || baseline_rss_ < 0) return;  // no /proc here
+    const std::int64_t rows = options_.batch / runtime_.world_size() / options_.micro_batches;
+    const stages::ModelMemory report =
+        model_->memory(optimizer_.get(), rows, options_.sequence_length);
+    const auto largest = std::max_element(added.begin(), added.end());
+    const auto mib = [](double bytes) { return format("%.0f", bytes / (1 << 20)); };
+    say("memory: peak resident set " + mib(*std::max_element(peaks.begin(), peaks.end())) +
+        " MiB per rank (largest); above the resident set before the model was built: " +
+        mib(*largest) + " MiB (rank " + std::to_string(largest - added.begin()) +
+        "); the runtime's report: " + mib(static_cast<double>(report.total())) + " MiB held + " +
+        mib(static_cast<double>(report.activations)) + " MiB of activations (estimate) = " +
+        mib(static_cast<double>(report.total() + report.activations)) + " MiB");
+  }
+
   void summarize(std::int64_t first_step, std::int64_t last_step, double seconds) {
+    summarize_memory();
     if (losses_.empty()) return;
     const std::size_t tail = std::min<std::size_t>(losses_.size(), 10);
     double last = 0;
@@ -599,6 +626,8 @@ class Training {
   std::optional<data::TokenDataset> eval_data_;
   std::vector<double> eval_losses_;
   c10::Device device_{c10::kCPU};
+  // Before the model is built (members initialise before the constructor's body).
+  std::int64_t baseline_rss_ = resident_memory().current;
   std::unique_ptr<stages::MultiStageModel> model_;
   std::unique_ptr<stages::ShardedAdamW> optimizer_;
   stages::LearningRateSchedule schedule_;
