@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <map>
 #include <stdexcept>
+#include <utility>
 
 #include "fsdp/stages/sharded_adamw.h"
 
@@ -303,6 +304,7 @@ void MultiStageModel::zero_gradients() {
       fsdp->zero_gradient_shard();
     }
   }
+  gradient_shards_zero_ = options_.zero_stage >= 2;
 }
 
 void MultiStageModel::restore(Stage& stage) {
@@ -392,6 +394,12 @@ double MultiStageModel::forward_backward(const at::Tensor& input, const LossFunc
     tied_->restore_parameters();
     if (reduce_in_backward) tied_->zero_gradient_buffer();
   }
+  // Reduced gradients add up in the shards over micro-batches; into shards
+  // still zero (the step's first micro-batch) the reduce-scatter writes
+  // directly -- the same values, without a shard-sized temporary and an add.
+  const GradientUpdate update = std::exchange(gradient_shards_zero_, false)
+                                    ? GradientUpdate::kOverwrite
+                                    : GradientUpdate::kAccumulate;
   // Per stage: its input, its output, and either the graph (no
   // checkpointing: output and auxiliary loss hold it) or the inputs of the
   // segments to recompute.
@@ -477,14 +485,14 @@ double MultiStageModel::forward_backward(const at::Tensor& input, const LossFunc
     if (s + 1 < count) passes[s + 1].input = at::Tensor();
     if (stage.fsdp) {
       if (reduce_in_backward) {
-        stage.fsdp->reduce_gradients(GradientReduction::kAverage, GradientUpdate::kAccumulate);
+        stage.fsdp->reduce_gradients(GradientReduction::kAverage, update);
       }
       if (zero3) stage.fsdp->release();
     }
   }
   if (tied_) {
     if (reduce_in_backward) {
-      tied_->reduce_gradients(GradientReduction::kAverage, GradientUpdate::kAccumulate);
+      tied_->reduce_gradients(GradientReduction::kAverage, update);
     }
     if (zero3) tied_->release();
   }

@@ -244,6 +244,9 @@ class MultiStageModel {
   std::vector<std::shared_ptr<StageBuffer>> shared_weight_buffers_;
   std::vector<std::shared_ptr<StageBuffer>> shared_gradient_buffers_;
   MultiStageOptions options_;
+  // ZeRO-2/3: zero_gradients() zeroed the gradient shards and no micro-batch
+  // has reduced into them since.
+  bool gradient_shards_zero_ = false;
   // Since the last take_auxiliary_totals(): the summed auxiliary loss (a
   // tensor on the compute device, read once) and tokens per expert per layer.
   at::Tensor auxiliary_loss_total_;
