@@ -204,7 +204,8 @@ int run(fsdp::launch::Runtime& runtime, const po::variables_map& values) {
             "%d rank(s); exposed = host ms per step in collectives\n",
             static_cast<long long>(options.hidden), static_cast<long long>(options.layers),
             static_cast<long long>(options.batch), static_cast<long long>(options.sequence),
-            options.zero_stage, options.zero_stage == 3 ? " (2 shared buffers)" : "",
+            options.zero_stage,
+            options.zero_stage == 3 ? " (default shared buffers: 2 weight, 1 gradient)" : "",
             runtime.world_size());
         if (single) {
           std::printf(
@@ -258,7 +259,7 @@ int run(fsdp::launch::Runtime& runtime, const po::variables_map& values) {
       } else {
         std::printf(
             "# case checkpointing: dense Llama, %lld parameters, hidden %lld, %lld layers, %lld "
-            "x %lld tokens per rank, ZeRO-3 (2 shared buffers), %d rank(s); step peak = the "
+            "x %lld tokens per rank, ZeRO-3 (default shared buffers), %d rank(s); step peak = the "
             "resident set's high-water mark above its start of step, max over ranks\n"
             "none: %.0f tokens/s, step peak %.0f MiB (estimate %.0f)\n"
             "%s: %.0f tokens/s, step peak %.0f MiB (estimate %.0f)\n"
@@ -363,7 +364,7 @@ int main(int argc, char** argv) {
                                     "timed iterations per size")(
       "warmup", po::value<int>()->default_value(2), "untimed iterations per size")(
       "zero-stage", po::value<int>()->default_value(3),
-      "ZeRO stage for the step case (1, 2, 3; 3 uses 2 shared buffers)")(
+      "ZeRO stage for the step case (1, 2, 3; 3 shares buffers as the library does by default)")(
       "load-hidden", po::value<std::int64_t>()->default_value(512),
       "load case: hidden size (experts' intermediate size is twice it)")(
       "load-experts", po::value<std::int64_t>()->default_value(16), "load case: experts per layer")(
