@@ -36,4 +36,5 @@ write_basic_package_version_file(${CMAKE_CURRENT_BINARY_DIR}/fsdpConfigVersion.c
                                  COMPATIBILITY SameMinorVersion)
 install(FILES ${CMAKE_CURRENT_BINARY_DIR}/fsdpConfig.cmake
               ${CMAKE_CURRENT_BINARY_DIR}/fsdpConfigVersion.cmake
+              cmake/FsdpTorchLibrary.cmake
         DESTINATION ${FSDP_CONFIG_DIR})
