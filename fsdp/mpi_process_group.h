@@ -33,6 +33,8 @@ class MpiProcessGroup final : public ProcessGroup {
   // most this many float32 elements per collective, one piece at a time: a
   // full-size float32 copy would double the memory of the buffer being reduced,
   // against docs/DESIGN.md's bound (shards + live buffers + a bounded chunk).
+  // A float32 reduce-scatter larger than the area goes through it in pieces
+  // too, which bounds Open MPI's own scratch (as large as the input otherwise).
   static constexpr std::int64_t kDefaultStagingElements = std::int64_t{1} << 22;  // 16 MiB
   std::int64_t staging_elements() const { return staging_elements_; }
   // For tuning, and for tests that need many pieces. REQUIRES: elements >= 1.
