@@ -50,11 +50,10 @@ class WideBlock final : public Layer {
 TEST(ResidentMemory, ZeroThreeWithTwoSharedBuffersStaysWithinTheReportedBytes) {
   auto group = testing::runtime().process_group();
   at::set_num_threads(1);
-  launch::reset_peak_resident_memory();
+  ASSERT_TRUE(launch::reset_peak_resident_memory())
+      << "this kernel does not reset the peak RSS; the measurement would be meaningless";
   const std::int64_t baseline = launch::resident_memory().current;
   ASSERT_GT(baseline, 0);
-  ASSERT_LE(launch::resident_memory().peak, baseline + (std::int64_t{4} << 20))
-      << "this kernel does not reset the peak RSS; the measurement would be meaningless";
 
   std::vector<std::unique_ptr<Layer>> layers;
   for (int l = 0; l < kLayers; ++l) layers.push_back(std::make_unique<WideBlock>(l));

@@ -196,6 +196,11 @@ class Training {
   }
 
  private:
+  // The sequences in one micro-batch on this rank: what each forward takes.
+  std::int64_t rows_per_forward() const {
+    return options_.batch / runtime_.world_size() / options_.micro_batches;
+  }
+
   void say(const std::string& line) {
     if (root_) out_ << line << std::endl;
   }
@@ -227,7 +232,7 @@ class Training {
           ", z-loss x " + format("%g", m.router_z_loss_coefficient) +
           " (per sequence, summed over layers; reported apart from the loss)");
     }
-    const std::int64_t rows = options_.batch / runtime_.world_size() / options_.micro_batches;
+    const std::int64_t rows = rows_per_forward();
     say("runtime: ZeRO-" + std::to_string(options_.zero_stage) + ", compute " +
         options_.compute_dtype + ", " + std::to_string(options_.layers_per_stage) +
         " layer(s) per stage" + shared_buffers_text(model_->options()) +
@@ -249,7 +254,7 @@ class Training {
   // take the training's micro-batch of rows, so they need no more memory.
   void evaluate(std::int64_t step) {
     const auto start = Clock::now();
-    const std::int64_t rows = options_.batch / runtime_.world_size() / options_.micro_batches;
+    const std::int64_t rows = rows_per_forward();
     const auto result =
         evaluate_next_token_loss(*model_, *eval_data_, rows, *runtime_.host_group(), device_);
     eval_losses_.push_back(result.loss);
@@ -562,16 +567,18 @@ class Training {
   // The runtime's memory report beside what the ranks measured: the peak
   // resident set above the one before the model was built, per rank. Collective.
   void summarize_memory() {
+    // Every rank's peak and its rise in its own slots, summed: one all-reduce.
     const auto world = static_cast<std::size_t>(runtime_.world_size());
-    std::vector<double> peaks(world, 0.0), added(world, 0.0);
+    std::vector<double> slots(2 * world, 0.0);
     const ResidentMemory now = resident_memory();
     const auto rank = static_cast<std::size_t>(runtime_.rank());
-    peaks[rank] = static_cast<double>(now.peak);
-    added[rank] = static_cast<double>(now.peak - baseline_rss_);
-    runtime_.host_group()->all_reduce(host_span(peaks), ReduceOp::kSum);
-    runtime_.host_group()->all_reduce(host_span(added), ReduceOp::kSum);
+    slots[rank] = static_cast<double>(now.peak);
+    slots[world + rank] = static_cast<double>(now.peak - baseline_rss_);
+    runtime_.host_group()->all_reduce(host_span(slots), ReduceOp::kSum);
+    const std::vector<double> peaks(slots.begin(), slots.begin() + world);
+    const std::vector<double> added(slots.begin() + world, slots.end());
     if (now.peak < 0 || baseline_rss_ < 0) return;  // no /proc here
-    const std::int64_t rows = options_.batch / runtime_.world_size() / options_.micro_batches;
+    const std::int64_t rows = rows_per_forward();
     const stages::ModelMemory report =
         model_->memory(optimizer_.get(), rows, options_.sequence_length);
     const auto largest = std::max_element(added.begin(), added.end());
