@@ -38,7 +38,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import venv
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -93,27 +92,11 @@ def parse_arguments():
 
 def ensure_packages(arguments):
     """Re-runs this script in a virtual environment with torch and transformers, if needed."""
-    try:
-        import numpy  # noqa: F401
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-        return
-    except ImportError:
-        pass
-    python = os.path.join(arguments.venv, "bin", "python")
-    if os.environ.get("FSDP_PEER_IN_VENV"):
-        sys.exit(f"fsdp2_peer: {python} still lacks torch, transformers or numpy")
-    if not os.path.exists(python):
-        print(f"fsdp2_peer: creating {arguments.venv} with torch and transformers",
-              file=sys.stderr)
-        venv.create(arguments.venv, with_pip=True)
-    has_packages = subprocess.run([python, "-c", "import torch, transformers, numpy"],
-                                  capture_output=True).returncode == 0
-    if not has_packages:
-        subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                        "torch", "transformers", "safetensors", "numpy"], check=True)
-    environment = dict(os.environ, FSDP_PEER_IN_VENV="1")
-    os.execve(python, [python, os.path.abspath(__file__)] + sys.argv[1:], environment)
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from venv_rerun import rerun_in_venv
+    rerun_in_venv(__file__, arguments.venv, ["torch", "transformers", "numpy"],
+                  ["torch", "transformers", "safetensors", "numpy"], "FSDP_PEER_IN_VENV",
+                  "fsdp2_peer")
 
 
 def quiet_transformers():

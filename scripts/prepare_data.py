@@ -21,10 +21,10 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
-import venv
+
+from venv_rerun import rerun_in_venv
 
 DEFAULT_VENV = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
                             "fsdp-runtime", "prepare-data-venv")
@@ -56,25 +56,8 @@ def parse_arguments():
 
 def ensure_packages(arguments):
     """Re-runs this script in a virtual environment with tokenizers and numpy, if needed."""
-    try:
-        import numpy  # noqa: F401
-        import tokenizers  # noqa: F401
-        return
-    except ImportError:
-        pass
-    python = os.path.join(arguments.venv, "bin", "python")
-    if os.environ.get("FSDP_PREPARE_DATA_IN_VENV"):
-        sys.exit(f"prepare_data: {python} still lacks tokenizers or numpy")
-    if not os.path.exists(python):
-        print(f"prepare_data: creating {arguments.venv} with tokenizers and numpy", file=sys.stderr)
-        venv.create(arguments.venv, with_pip=True)
-    has_packages = subprocess.run([python, "-c", "import tokenizers, numpy"],
-                                  capture_output=True).returncode == 0
-    if not has_packages:
-        subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                        "tokenizers", "numpy"], check=True)
-    environment = dict(os.environ, FSDP_PREPARE_DATA_IN_VENV="1")
-    os.execve(python, [python, os.path.abspath(__file__)] + sys.argv[1:], environment)
+    rerun_in_venv(__file__, arguments.venv, ["tokenizers", "numpy"], ["tokenizers", "numpy"],
+                  "FSDP_PREPARE_DATA_IN_VENV", "prepare_data")
 
 
 def tokenizer_paths(location):
