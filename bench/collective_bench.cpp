@@ -36,13 +36,14 @@ std::vector<CollectiveBenchResult> run_collective_bench(launch::Runtime& runtime
         "the restore/reduce cases compare against raw MPI and run on the "
         "MPI backend; run with --backend mpi");
   }
-  const c10::ScalarType dtype = options.compute_dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
+  const ElementType dtype =
+      options.compute_dtype == "bfloat16" ? ElementType::kBFloat16 : ElementType::kFloat32;
   const MPI_Comm communicator = runtime.host_group()->communicator();
   const int ranks = runtime.world_size();
   std::vector<CollectiveBenchResult> results;
 
   for (const std::int64_t bytes : options.buffer_bytes) {
-    const std::int64_t numel = bytes / static_cast<std::int64_t>(c10::elementSize(dtype));
+    const std::int64_t numel = bytes / element_size(dtype);
     FsdpOptions stage_options;
     stage_options.compute_dtype = dtype;
     stage_options.requires_grad = false;
@@ -52,7 +53,7 @@ std::vector<CollectiveBenchResult> run_collective_bench(launch::Runtime& runtime
     const std::int64_t padded = stage.layout().padded_numel();
     const int chunk = static_cast<int>(padded / ranks);
     // The raw baseline's own buffers, the same sizes as the stage's.
-    at::Tensor raw_buffer = at::ones({padded}, at::TensorOptions().dtype(dtype));
+    at::Tensor raw_buffer = at::ones({padded}, at::TensorOptions().dtype(scalar_type_of(dtype)));
     at::Tensor raw_input = at::ones({padded}, at::kFloat);
     at::Tensor raw_output = at::empty({padded / ranks}, at::kFloat);
 
@@ -66,8 +67,8 @@ std::vector<CollectiveBenchResult> run_collective_bench(launch::Runtime& runtime
     };
     auto raw = [&] {
       if (options.case_name == "restore") {
-        MPI_Allgather(MPI_IN_PLACE, 0, raw_datatype(dtype), raw_buffer.data_ptr(), chunk,
-                      raw_datatype(dtype), communicator);
+        MPI_Allgather(MPI_IN_PLACE, 0, raw_datatype(scalar_type_of(dtype)), raw_buffer.data_ptr(),
+                      chunk, raw_datatype(scalar_type_of(dtype)), communicator);
       } else {
         // The raw baseline reduces float32, as reduce_gradients does (a
         // bfloat16 buffer is widened first: that cost is ours to count).
@@ -93,7 +94,7 @@ std::vector<CollectiveBenchResult> run_collective_bench(launch::Runtime& runtime
     }
     CollectiveBenchResult result;
     result.case_name = options.case_name;
-    result.bytes = padded * static_cast<std::int64_t>(c10::elementSize(dtype));
+    result.bytes = padded * element_size(dtype);
     result.ranks = ranks;
     result.dtype = options.compute_dtype;
     result.time_seconds = median(our_times);

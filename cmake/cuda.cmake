@@ -19,10 +19,11 @@ if(NOT CMAKE_CUDA_COMPILER)
   return()
 endif()
 
-# Hopper (H100/H200) by default: the GPUs this project runs on. One architecture
-# keeps builds on 2-core machines short; override with -DCMAKE_CUDA_ARCHITECTURES=...
+# FSDP_CUDA_ARCHITECTURES (CMakeLists.txt). A CUDA libtorch has already enabled
+# CUDA and set CMAKE_CUDA_ARCHITECTURES OFF, putting TORCH_CUDA_ARCH_LIST's
+# -gencode flags into CMAKE_CUDA_FLAGS instead (fsdp_torch_cuda_arch_list).
 if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
-  set(CMAKE_CUDA_ARCHITECTURES 90)
+  set(CMAKE_CUDA_ARCHITECTURES ${FSDP_CUDA_ARCHITECTURES})
 endif()
 enable_language(CUDA)
 set(CMAKE_CUDA_STANDARD 17)
@@ -30,12 +31,21 @@ set(CMAKE_CUDA_STANDARD_REQUIRED ON)
 find_package(CUDAToolkit REQUIRED)
 set(FSDP_WITH_CUDA ON)
 
+# A PyPI torch loads the NCCL of the nvidia-nccl-* package installed beside it,
+# usually newer than the toolkit's: linking the toolkit's fails (libtorch_cuda
+# needs symbols only the newer one has) or, worse, loads two NCCLs. That one
+# comes first; the package ships only the versioned libnccl.so.2.
+set(_fsdp_torch_nccl "")
+if(TORCH_INSTALL_PREFIX AND EXISTS "${TORCH_INSTALL_PREFIX}/../nvidia/nccl/include/nccl.h")
+  get_filename_component(_fsdp_torch_nccl "${TORCH_INSTALL_PREFIX}/../nvidia/nccl" ABSOLUTE)
+endif()
 find_path(NCCL_INCLUDE_DIR nccl.h
-  HINTS ${NCCL_HOME} $ENV{NCCL_HOME} ${CUDAToolkit_INCLUDE_DIRS}
+  HINTS ${NCCL_HOME} $ENV{NCCL_HOME} ${_fsdp_torch_nccl} ${CUDAToolkit_INCLUDE_DIRS}
   PATH_SUFFIXES include)
-find_library(NCCL_LIBRARY nccl
-  HINTS ${NCCL_HOME} $ENV{NCCL_HOME} ${CUDAToolkit_LIBRARY_DIR}
+find_library(NCCL_LIBRARY NAMES nccl libnccl.so.2 NAMES_PER_DIR
+  HINTS ${NCCL_HOME} $ENV{NCCL_HOME} ${_fsdp_torch_nccl} ${CUDAToolkit_LIBRARY_DIR}
   PATH_SUFFIXES lib lib64)
+unset(_fsdp_torch_nccl)
 if(NCCL_INCLUDE_DIR AND NCCL_LIBRARY)
   add_library(fsdp::nccl UNKNOWN IMPORTED)
   set_target_properties(fsdp::nccl PROPERTIES

@@ -37,4 +37,5 @@ write_basic_package_version_file(${CMAKE_CURRENT_BINARY_DIR}/fsdpConfigVersion.c
 install(FILES ${CMAKE_CURRENT_BINARY_DIR}/fsdpConfig.cmake
               ${CMAKE_CURRENT_BINARY_DIR}/fsdpConfigVersion.cmake
               cmake/FsdpTorchLibrary.cmake
+              cmake/FsdpCudaArchitectures.cmake
         DESTINATION ${FSDP_CONFIG_DIR})

@@ -16,10 +16,11 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-void check_floating(c10::ScalarType type, const std::string& stage, const char* what) {
-  if (!c10::isFloatingType(type)) {
+void check_floating(ElementType type, const std::string& stage, const char* what) {
+  if (!is_floating_point(type)) {
     throw std::invalid_argument("stage '" + stage + "': the " + what +
-                                " must be a floating-point type, not " + c10::toString(type));
+                                " must be a floating-point type, not " +
+                                std::string(element_type_name(type)));
   }
 }
 
@@ -35,11 +36,19 @@ void with_stage_context(const std::string& stage, const char* operation, Functio
   }
 }
 
+// "cuda" (no index: the current device) names the same device as the
+// "cuda:N" a tensor made with it reports; c10::Device's == says they differ.
+bool same_device(c10::Device a, c10::Device b) {
+  return a.type() == b.type() && (!a.has_index() || !b.has_index() || a.index() == b.index());
+}
+
 std::shared_ptr<StageBuffer> checked_shared_buffer(std::shared_ptr<StageBuffer> buffer,
                                                    const std::string& stage, std::int64_t numel,
-                                                   c10::ScalarType dtype, c10::Device device) {
+                                                   ElementType element_type, c10::Device device) {
   const at::Tensor& tensor = buffer->tensor();
-  if (tensor.numel() < numel || tensor.scalar_type() != dtype || tensor.device() != device) {
+  const c10::ScalarType dtype = scalar_type_of(element_type);
+  if (tensor.numel() < numel || tensor.scalar_type() != dtype ||
+      !same_device(tensor.device(), device)) {
     throw std::invalid_argument(
         "stage '" + stage + "': the " + buffer->name() + " holds " +
         std::to_string(tensor.numel()) + " " + c10::toString(tensor.scalar_type()) + " on " +
@@ -90,7 +99,8 @@ Fsdp::Fsdp(std::string stage_name, std::vector<ParameterSpec> parameters,
   weight_buffer_ = weight_storage_->tensor().narrow(0, 0, padded);
   gradient_buffer_ = gradient_storage_->tensor().narrow(0, 0, padded);
   const auto on_device = at::TensorOptions().device(options_.device);
-  gradient_shard_ = at::zeros({layout_.shard_numel()}, on_device.dtype(options_.shard_dtype));
+  const c10::ScalarType shard_dtype = scalar_type_of(options_.shard_dtype);
+  gradient_shard_ = at::zeros({layout_.shard_numel()}, on_device.dtype(shard_dtype));
   shard_aliases_buffer_ = options_.shard_dtype == options_.compute_dtype &&
                           !options_.poison_released_buffer && !shares_weight_buffer_;
   if (shard_aliases_buffer_) {
@@ -99,7 +109,7 @@ Fsdp::Fsdp(std::string stage_name, std::vector<ParameterSpec> parameters,
     const ElementRange own = layout_.shard_range(group_->rank());
     weight_shard_ = weight_buffer_.variable_data().narrow(0, own.begin, own.size());
   } else {
-    weight_shard_ = at::zeros({layout_.shard_numel()}, on_device.dtype(options_.shard_dtype));
+    weight_shard_ = at::zeros({layout_.shard_numel()}, on_device.dtype(shard_dtype));
   }
 
   parameter_views_.reserve(layout_.parameters().size());
@@ -281,16 +291,16 @@ void Fsdp::reduce_gradients(GradientReduction reduction, GradientUpdate update) 
   // other dtype pairing, and accumulation, goes through a shard-sized temporary.
   const bool direct_output =
       update == GradientUpdate::kOverwrite && (options_.shard_dtype == options_.compute_dtype ||
-                                               (c10::elementSize(options_.compute_dtype) == 2 &&
-                                                options_.shard_dtype == c10::ScalarType::Float));
+                                               (is_half_precision(options_.compute_dtype) &&
+                                                options_.shard_dtype == ElementType::kFloat32));
   with_stage_context(stage_name_, "reduce_gradients", [&] {
     if (direct_output) {
       group_->reduce_scatter(span_of(input), span_of(shard), op);
       return;
     }
-    const c10::ScalarType reduced_dtype = c10::elementSize(options_.compute_dtype) == 2
+    const c10::ScalarType reduced_dtype = is_half_precision(options_.compute_dtype)
                                               ? c10::ScalarType::Float
-                                              : options_.compute_dtype;
+                                              : scalar_type_of(options_.compute_dtype);
     at::Tensor reduced = at::empty({layout_.shard_numel()}, shard.options().dtype(reduced_dtype));
     group_->reduce_scatter(span_of(input), span_of(reduced), op);
     if (update == GradientUpdate::kAccumulate) {

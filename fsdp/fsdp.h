@@ -24,7 +24,6 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
-#include <c10/core/ScalarType.h>
 
 #include <memory>
 #include <stdexcept>
@@ -32,6 +31,7 @@
 #include <string_view>
 #include <vector>
 
+#include "fsdp/element_type.h"
 #include "fsdp/flat_layout.h"
 #include "fsdp/process_group.h"
 #include "fsdp/stage_buffer.h"
@@ -40,9 +40,11 @@ namespace fsdp {
 
 struct FsdpOptions {
   // The dtype of the weight and gradient shards (the "optimization dtype").
-  c10::ScalarType shard_dtype = c10::ScalarType::Float;
+  // Element types are the runtime's one dtype vocabulary at its boundaries;
+  // scalar_type_of (fsdp/torch_interop.h) converts where libtorch needs one.
+  ElementType shard_dtype = ElementType::kFloat32;
   // The dtype of the weight and gradient buffers, and so of the parameters.
-  c10::ScalarType compute_dtype = c10::ScalarType::Float;
+  ElementType compute_dtype = ElementType::kFloat32;
   // Where shards and buffers live: CPU for an MPI group, a CUDA device for NCCL.
   c10::Device device = c10::Device(c10::DeviceType::CPU);
   // Parameter views are autograd leaves whose gradients accumulate into the gradient buffer.

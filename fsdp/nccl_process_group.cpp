@@ -4,12 +4,14 @@
 #include <nccl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <vector>
 
+#include "fsdp/collective_watchdog.h"
 #include "fsdp/communication_checks.h"
 #include "fsdp/kernels/cast.h"
 #include "fsdp/mpi_process_group.h"
@@ -72,31 +74,56 @@ ncclRedOp_t nccl_op(ReduceOp op) {
   throw std::invalid_argument("nccl process group: unknown reduce op");
 }
 
+// A CUDA event, shared by the work handle and the watchdog's probe (whichever
+// lets go last destroys it).
+using SharedEvent = std::shared_ptr<CUevent_st>;
+
+SharedEvent record_event(cudaStream_t stream) {
+  cudaEvent_t event = nullptr;
+  check_cuda(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "cudaEventCreateWithFlags",
+             __FILE__, __LINE__);
+  SharedEvent shared(event, [](cudaEvent_t e) { cudaEventDestroy(e); });
+  check_cuda(cudaEventRecord(event, stream), "cudaEventRecord", __FILE__, __LINE__);
+  return shared;
+}
+
 class NcclWork final : public CollectiveWork {
  public:
-  NcclWork(NcclProcessGroup& group, std::string description, cudaEvent_t done,
-           cudaStream_t compute_stream, bool host_blocking)
+  NcclWork(NcclProcessGroup& group, std::string description, SharedEvent done, bool host_blocking)
       : CollectiveWork(std::move(description)),
         group_(group),
-        done_(done),
-        compute_stream_(compute_stream),
+        done_(std::move(done)),
         host_blocking_(host_blocking) {}
 
-  ~NcclWork() override { cudaEventDestroy(done_); }
+  // process_group.h: a work destroyed unwaited is waited for. Here that is
+  // cheap (the compute stream is ordered after the collective, Note [Comm
+  // stream ordering]) and keeps memory freed afterwards on the compute stream
+  // from being reused while NCCL still writes it.
+  ~NcclWork() override {
+    if (waited_) return;
+    try {
+      wait();
+    } catch (const std::exception& error) {
+      group_.abort_job(std::string("while destroying an unwaited ") + description() + ": " +
+                       error.what());
+    }
+  }
 
   void wait() override {
     if (waited_) return;
     if (host_blocking_) {
       group_.synchronize();
     } else {
-      check_cuda(cudaStreamWaitEvent(compute_stream_, done_, 0), "cudaStreamWaitEvent", __FILE__,
-                 __LINE__);
+      // The compute stream now, not the one at enqueue: a caller may have
+      // switched streams in between.
+      check_cuda(cudaStreamWaitEvent(group_.compute_stream(), done_.get(), 0),
+                 "cudaStreamWaitEvent", __FILE__, __LINE__);
     }
     waited_ = true;
   }
 
   bool is_completed() override {
-    const cudaError_t status = cudaEventQuery(done_);
+    const cudaError_t status = cudaEventQuery(done_.get());
     if (status == cudaErrorNotReady) return false;
     check_cuda(status, "cudaEventQuery", __FILE__, __LINE__);
     wait();
@@ -105,20 +132,10 @@ class NcclWork final : public CollectiveWork {
 
  private:
   NcclProcessGroup& group_;
-  cudaEvent_t done_;
-  cudaStream_t compute_stream_;
+  SharedEvent done_;
   bool host_blocking_;
   bool waited_ = false;
 };
-
-// A float32 staging buffer in stream order: allocated and freed on the
-// communication stream, so no host synchronisation is needed.
-float* allocate_staging(std::int64_t count, cudaStream_t stream) {
-  void* pointer = nullptr;
-  check_cuda(cudaMallocAsync(&pointer, (count > 0 ? count : 1) * sizeof(float), stream),
-             "cudaMallocAsync", __FILE__, __LINE__);
-  return static_cast<float*>(pointer);
-}
 
 }  // namespace
 
@@ -132,6 +149,7 @@ std::string NcclProcessGroup::nccl_version() {
 
 std::unique_ptr<NcclProcessGroup> NcclProcessGroup::create(MpiProcessGroup& bootstrap,
                                                            int cuda_device) {
+  // cudaSetDevice creates the context here, under --backend nccl only.
   check_cuda(cudaSetDevice(cuda_device), "cudaSetDevice", __FILE__, __LINE__);
   ncclUniqueId id{};
   if (bootstrap.rank() == 0) {
@@ -141,11 +159,35 @@ std::unique_ptr<NcclProcessGroup> NcclProcessGroup::create(MpiProcessGroup& boot
   std::memcpy(id_bytes.data(), &id, sizeof(id));
   bootstrap.broadcast(host_span(id_bytes), 0);
   std::memcpy(&id, id_bytes.data(), sizeof(id));
-  // All ranks reached this point (the broadcast above has a deadline), so the
-  // blocking init below only waits for peers that are already joining.
+  // Non-blocking, so that a peer that never joins (its GPU hung, its network
+  // down) ends in a timeout with a message rather than a hang: every NCCL call
+  // on this communicator may then return ncclInProgress, and is followed by
+  // wait_while_in_progress().
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;
   ncclComm_t communicator = nullptr;
-  check_nccl(ncclCommInitRank(&communicator, bootstrap.size(), id, bootstrap.rank()), nullptr,
-             "ncclCommInitRank", __FILE__, __LINE__);
+  check_nccl(ncclCommInitRankConfig(&communicator, bootstrap.size(), id, bootstrap.rank(), &config),
+             communicator, "ncclCommInitRankConfig", __FILE__, __LINE__);
+  const auto deadline = std::chrono::steady_clock::now() + bootstrap.timeout();
+  while (true) {
+    ncclResult_t state = ncclInProgress;
+    check_nccl(ncclCommGetAsyncError(communicator, &state), communicator, "ncclCommGetAsyncError",
+               __FILE__, __LINE__);
+    if (state == ncclSuccess) break;
+    if (state != ncclInProgress) {
+      ncclCommAbort(communicator);
+      check_nccl(state, nullptr, "ncclCommInitRankConfig", __FILE__, __LINE__);
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      ncclCommAbort(communicator);
+      throw CollectiveTimeoutError("joining the NCCL communicator on " +
+                                   bootstrap.rank_description() + " (GPU " +
+                                   std::to_string(cuda_device) + ") did not complete within " +
+                                   format_seconds(bootstrap.timeout()) +
+                                   ": a peer rank has probably failed or cannot reach this one");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   char host[256] = "unknown-host";
   gethostname(host, sizeof(host) - 1);
   return std::unique_ptr<NcclProcessGroup>(new NcclProcessGroup(
@@ -158,12 +200,22 @@ NcclProcessGroup::NcclProcessGroup(int rank, int size, std::string host,
     : ProcessGroup(rank, size, std::move(host), timeout),
       cuda_device_(cuda_device),
       communicator_(communicator) {
-  FSDP_CUDA_CHECK(cudaStreamCreateWithFlags(&communication_stream_, cudaStreamNonBlocking));
+  // High priority, as c10d's: a collective's kernels are scheduled ahead of
+  // compute kernels queued earlier, so the prefetch it is for arrives in time.
+  int least_priority = 0, greatest_priority = 0;
+  FSDP_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least_priority, &greatest_priority));
+  FSDP_CUDA_CHECK(cudaStreamCreateWithPriority(&communication_stream_, cudaStreamNonBlocking,
+                                               greatest_priority));
   FSDP_CUDA_CHECK(cudaEventCreateWithFlags(&compute_ready_, cudaEventDisableTiming));
   FSDP_CUDA_CHECK(cudaMalloc(&barrier_scratch_, sizeof(float)));
+  watchdog_ = std::make_unique<CollectiveWatchdog>(
+      rank_description(), "NCCL", [this](const std::string& message) { abort_job(message); },
+      [this] { check_async_error("the communicator"); });
 }
 
 NcclProcessGroup::~NcclProcessGroup() {
+  // Before the communicator goes: the watchdog polls it.
+  watchdog_.reset();
   if (!aborted_ && communicator_ != nullptr) ncclCommDestroy(communicator_);
   if (barrier_scratch_ != nullptr) cudaFree(barrier_scratch_);
   if (compute_ready_ != nullptr) cudaEventDestroy(compute_ready_);
@@ -183,16 +235,61 @@ void NcclProcessGroup::abort_job(std::string_view message) {
 }
 
 void NcclProcessGroup::order_after_compute() {
-  FSDP_CUDA_CHECK(cudaEventRecord(compute_ready_, compute_stream_));
+  FSDP_CUDA_CHECK(cudaEventRecord(compute_ready_, compute_stream()));
   FSDP_CUDA_CHECK(cudaStreamWaitEvent(communication_stream_, compute_ready_, 0));
 }
 
 ProcessGroup::Work NcclProcessGroup::finish_enqueue(std::string description, bool host_blocking) {
-  cudaEvent_t done = nullptr;
-  FSDP_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
-  FSDP_CUDA_CHECK(cudaEventRecord(done, communication_stream_));
-  return std::make_unique<NcclWork>(*this, std::move(description), done, compute_stream_,
-                                    host_blocking);
+  SharedEvent done = record_event(communication_stream_);
+  watchdog_->watch(description, timeout(), [done] {
+    const cudaError_t status = cudaEventQuery(done.get());
+    if (status == cudaErrorNotReady) return false;
+    check_cuda(status, "cudaEventQuery", __FILE__, __LINE__);
+    return true;
+  });
+  return std::make_unique<NcclWork>(*this, std::move(description), std::move(done), host_blocking);
+}
+
+void NcclProcessGroup::wait_while_in_progress(const char* call) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout();
+  while (true) {
+    ncclResult_t state = ncclInProgress;
+    FSDP_NCCL_CHECK(ncclCommGetAsyncError(communicator_, &state));
+    if (state == ncclSuccess) return;
+    if (state != ncclInProgress) check_nccl(state, communicator_, call, __FILE__, __LINE__);
+    if (std::chrono::steady_clock::now() > deadline) {
+      throw CollectiveTimeoutError(std::string(call) + " on " + rank_description() +
+                                   " was still being enqueued after " + format_seconds(timeout()));
+    }
+    std::this_thread::yield();
+  }
+}
+
+void NcclProcessGroup::set_staging_allocator(DeviceAllocator allocator) {
+  staging_allocator_ = std::move(allocator);
+}
+
+// In stream order on the communication stream: no host synchronisation, and
+// reused only once the collective that uses it is done.
+NcclProcessGroup::StagingPointer NcclProcessGroup::allocate_staging(std::int64_t count) {
+  const auto bytes = static_cast<std::int64_t>(sizeof(float)) * std::max<std::int64_t>(count, 1);
+  void* pointer = nullptr;
+  if (staging_allocator_.allocate) {
+    pointer = staging_allocator_.allocate(static_cast<std::size_t>(bytes), communication_stream_);
+  } else {
+    FSDP_CUDA_CHECK(
+        cudaMallocAsync(&pointer, static_cast<std::size_t>(bytes), communication_stream_));
+  }
+  staging_bytes_ += bytes;
+  staging_high_water_ = std::max(staging_high_water_, staging_bytes_);
+  return StagingPointer(static_cast<float*>(pointer), [this, bytes](float* staged) {
+    staging_bytes_ -= bytes;
+    if (staging_allocator_.free) {
+      staging_allocator_.free(staged, communication_stream_);
+    } else {
+      cudaFreeAsync(staged, communication_stream_);  // a deleter must not throw
+    }
+  });
 }
 
 void NcclProcessGroup::check_async_error(const std::string& context) {
@@ -230,6 +327,7 @@ ProcessGroup::Work NcclProcessGroup::start_all_gather_in_place(TensorSpan buffer
   order_after_compute();
   FSDP_NCCL_CHECK(ncclAllGather(own.data, buffer.data, count, nccl_type(buffer.type), communicator_,
                                 communication_stream_));
+  wait_while_in_progress("ncclAllGather");
   return finish_enqueue(std::move(description), false);
 }
 
@@ -240,23 +338,26 @@ ProcessGroup::Work NcclProcessGroup::start_reduce_scatter(TensorSpan input, Tens
   if (!is_half_precision(input.type)) {
     FSDP_NCCL_CHECK(ncclReduceScatter(input.data, output.data, count, nccl_type(input.type),
                                       nccl_op(op), communicator_, communication_stream_));
+    wait_while_in_progress("ncclReduceScatter");
     return finish_enqueue(std::move(description), false);
   }
   // 16-bit floats are reduced in float32 (Note in process_group.h).
-  float* input32 = allocate_staging(input.numel, communication_stream_);
-  kernels::cast_on_device(input.data, input.type, input32, ElementType::kFloat32, input.numel,
+  StagingPointer input32 = allocate_staging(input.numel);
+  kernels::cast_on_device(input.data, input.type, input32.get(), ElementType::kFloat32, input.numel,
                           communication_stream_);
-  float* output32 = output.type == ElementType::kFloat32
-                        ? static_cast<float*>(output.data)
-                        : allocate_staging(output.numel, communication_stream_);
-  FSDP_NCCL_CHECK(ncclReduceScatter(input32, output32, count, ncclFloat32, nccl_op(op),
+  StagingPointer output32_staging;
+  float* output32 = static_cast<float*>(output.data);
+  if (output.type != ElementType::kFloat32) {
+    output32_staging = allocate_staging(output.numel);
+    output32 = output32_staging.get();
+  }
+  FSDP_NCCL_CHECK(ncclReduceScatter(input32.get(), output32, count, ncclFloat32, nccl_op(op),
                                     communicator_, communication_stream_));
-  if (output32 != output.data) {
+  wait_while_in_progress("ncclReduceScatter");
+  if (output32_staging) {
     kernels::cast_on_device(output32, ElementType::kFloat32, output.data, output.type, output.numel,
                             communication_stream_);
-    FSDP_CUDA_CHECK(cudaFreeAsync(output32, communication_stream_));
   }
-  FSDP_CUDA_CHECK(cudaFreeAsync(input32, communication_stream_));
   return finish_enqueue(std::move(description), false);
 }
 
@@ -267,16 +368,17 @@ ProcessGroup::Work NcclProcessGroup::start_all_reduce(TensorSpan buffer, ReduceO
   if (!is_half_precision(buffer.type)) {
     FSDP_NCCL_CHECK(ncclAllReduce(buffer.data, buffer.data, count, nccl_type(buffer.type),
                                   nccl_op(op), communicator_, communication_stream_));
+    wait_while_in_progress("ncclAllReduce");
     return finish_enqueue(std::move(description), false);
   }
-  float* values32 = allocate_staging(buffer.numel, communication_stream_);
-  kernels::cast_on_device(buffer.data, buffer.type, values32, ElementType::kFloat32, buffer.numel,
-                          communication_stream_);
-  FSDP_NCCL_CHECK(ncclAllReduce(values32, values32, count, ncclFloat32, nccl_op(op), communicator_,
-                                communication_stream_));
-  kernels::cast_on_device(values32, ElementType::kFloat32, buffer.data, buffer.type, buffer.numel,
-                          communication_stream_);
-  FSDP_CUDA_CHECK(cudaFreeAsync(values32, communication_stream_));
+  StagingPointer values32 = allocate_staging(buffer.numel);
+  kernels::cast_on_device(buffer.data, buffer.type, values32.get(), ElementType::kFloat32,
+                          buffer.numel, communication_stream_);
+  FSDP_NCCL_CHECK(ncclAllReduce(values32.get(), values32.get(), count, ncclFloat32, nccl_op(op),
+                                communicator_, communication_stream_));
+  wait_while_in_progress("ncclAllReduce");
+  kernels::cast_on_device(values32.get(), ElementType::kFloat32, buffer.data, buffer.type,
+                          buffer.numel, communication_stream_);
   return finish_enqueue(std::move(description), false);
 }
 
@@ -286,6 +388,7 @@ ProcessGroup::Work NcclProcessGroup::start_broadcast(TensorSpan buffer, int root
   FSDP_NCCL_CHECK(ncclBroadcast(buffer.data, buffer.data, static_cast<std::size_t>(buffer.numel),
                                 nccl_type(buffer.type), root, communicator_,
                                 communication_stream_));
+  wait_while_in_progress("ncclBroadcast");
   return finish_enqueue(std::move(description), false);
 }
 
@@ -293,6 +396,7 @@ ProcessGroup::Work NcclProcessGroup::start_barrier(std::string description) {
   // NCCL has no barrier: an all-reduce of one float, waited for on the host.
   FSDP_NCCL_CHECK(ncclAllReduce(barrier_scratch_, barrier_scratch_, 1, ncclFloat32, ncclSum,
                                 communicator_, communication_stream_));
+  wait_while_in_progress("ncclAllReduce (barrier)");
   return finish_enqueue(std::move(description), true);
 }
 

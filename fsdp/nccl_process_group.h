@@ -10,11 +10,27 @@
 // a caller sets another current stream; callers that do must say so through
 // set_compute_stream().
 //
-// Deadlines: device collectives do not block the host, so their deadline is
-// enforced where the host does wait: synchronize() and barrier(), which poll
-// the stream and NCCL's asynchronous error state with the group's timeout.
+// wait() reads the compute stream when it is called, not when the collective
+// was enqueued, so a caller that switched streams in between is ordered too.
+// A work destroyed without wait() waits for it first (on the device), so
+// memory the caller frees afterwards on the compute stream is not reused while
+// NCCL still writes it. The spans themselves must outlive the collective
+// (process_group.h); the runtime's are stage buffers and shards, which do.
+//
+// Deadlines: device collectives do not block the host. The group's watchdog
+// thread (Note [Collective watchdog]) ends the job when one fails or is still
+// running after the group's timeout; synchronize() and barrier() also poll
+// with that timeout. The communicator is created non-blocking, so joining it
+// has the same deadline.
+//
+// Staging: 16-bit reductions go through float32 staging buffers on the
+// communication stream, from the allocator set with set_staging_allocator()
+// (the runtime passes libtorch's caching allocator when its libtorch has CUDA)
+// or else cudaMallocAsync's stream-ordered pool.
 #pragma once
 
+#include <cstddef>
+#include <functional>
 #include <memory>
 
 #include "fsdp/process_group.h"
@@ -27,16 +43,27 @@ struct ncclComm;
 namespace fsdp {
 
 class MpiProcessGroup;
+class CollectiveWatchdog;
 
+// Stream-ordered device memory for staging buffers. `allocate(bytes, stream)`
+// returns memory usable on `stream`; `free(pointer)` returns it once the work
+// enqueued on that stream so far no longer needs it (both are stream-ordered,
+// as libtorch's caching allocator and cudaMallocAsync are).
+struct DeviceAllocator {
+  std::function<void*(std::size_t bytes, CUstream_st* stream)> allocate;
+  std::function<void(void* pointer, CUstream_st* stream)> free;
+};
 class NcclProcessGroup final : public ProcessGroup {
  public:
   // Collective over `bootstrap`'s ranks: rank 0 creates NCCL's unique id and
   // broadcasts it over MPI, then every rank joins the communicator on
-  // `cuda_device`. REQUIRES: every rank has a GPU of its own (NCCL refuses two
-  // ranks on one GPU). Throws CommunicationError naming the failing call.
+  // `cuda_device`, within the bootstrap group's timeout. REQUIRES: every rank
+  // has a GPU of its own (NCCL refuses two ranks on one GPU). Throws
+  // CommunicationError naming the failing call, CollectiveTimeoutError when
+  // the peers do not all join in time.
   static std::unique_ptr<NcclProcessGroup> create(MpiProcessGroup& bootstrap, int cuda_device);
 
-  // Destroys the communicator and stream; never blocks on peers.
+  // Stops the watchdog, then destroys the communicator and stream; never blocks on peers.
   ~NcclProcessGroup() override;
 
   std::string_view backend_name() const override { return "nccl"; }
@@ -44,8 +71,22 @@ class NcclProcessGroup final : public ProcessGroup {
   int cuda_device() const { return cuda_device_; }
 
   // See Note [Comm stream ordering]. nullptr is the legacy default stream.
+  // A source, when set, is asked each time instead: the runtime passes
+  // libtorch's current stream when its libtorch has CUDA.
   void set_compute_stream(CUstream_st* stream) { compute_stream_ = stream; }
+  void set_compute_stream_source(std::function<CUstream_st*()> source) {
+    compute_stream_source_ = std::move(source);
+  }
+  CUstream_st* compute_stream() const {
+    return compute_stream_source_ ? compute_stream_source_() : compute_stream_;
+  }
+  void* cuda_compute_stream() const override { return compute_stream(); }
   CUstream_st* communication_stream() const { return communication_stream_; }
+
+  // Where staging buffers come from (see above); unset members mean cudaMallocAsync.
+  void set_staging_allocator(DeviceAllocator allocator);
+  // The most staging memory held at once so far, in bytes (for memory reports).
+  std::int64_t staging_high_water_bytes() const { return staging_high_water_; }
 
   // Blocks the host until every collective issued so far has completed, at most
   // timeout(); throws CollectiveTimeoutError or CommunicationError (with NCCL's
@@ -71,6 +112,14 @@ class NcclProcessGroup final : public ProcessGroup {
 
   // Makes the communication stream wait for work queued so far on the compute stream.
   void order_after_compute();
+  // After an NCCL call on the non-blocking communicator: waits (with the
+  // group's timeout) while it reports ncclInProgress.
+  void wait_while_in_progress(const char* call);
+  // `count` float32 elements of staging memory on the communication stream,
+  // given back (in stream order) when the pointer goes, also when a launch
+  // between throws.
+  using StagingPointer = std::unique_ptr<float, std::function<void(float*)>>;
+  StagingPointer allocate_staging(std::int64_t count);
   // Records completion of the collective just enqueued and returns its work handle.
   Work finish_enqueue(std::string description, bool host_blocking);
   void check_async_error(const std::string& context);
@@ -79,9 +128,15 @@ class NcclProcessGroup final : public ProcessGroup {
   ncclComm* communicator_ = nullptr;
   CUstream_st* communication_stream_ = nullptr;
   CUstream_st* compute_stream_ = nullptr;
+  std::function<CUstream_st*()> compute_stream_source_;
   CUevent_st* compute_ready_ = nullptr;
   float* barrier_scratch_ = nullptr;  // one float on the device, all-reduced by barrier()
   bool aborted_ = false;
+  DeviceAllocator staging_allocator_;
+  std::int64_t staging_bytes_ = 0;
+  std::int64_t staging_high_water_ = 0;
+  // Last member: destroyed (its thread joined) first.
+  std::unique_ptr<CollectiveWatchdog> watchdog_;
 };
 
 }  // namespace fsdp

@@ -93,6 +93,10 @@ class ProcessGroup {
   virtual std::string_view backend_name() const = 0;
   // Where this group's spans must live (host memory for MPI, CUDA memory for NCCL).
   virtual MemoryLocation memory_location() const = 0;
+  // The CUDA stream (a cudaStream_t) that device work using this group's
+  // results must run on, so that it is ordered after the collectives (Note
+  // [Comm stream ordering]); nullptr, the legacy default stream, for host groups.
+  virtual void* cuda_compute_stream() const { return nullptr; }
 
   // How long wait() waits before giving up (Note [Collective deadlines]).
   std::chrono::milliseconds timeout() const { return timeout_; }

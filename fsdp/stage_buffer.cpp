@@ -4,12 +4,15 @@
 
 #include <stdexcept>
 
+#include "fsdp/torch_interop.h"
+
 namespace fsdp {
 
-StageBuffer::StageBuffer(std::string name, std::int64_t numel, c10::ScalarType dtype,
+StageBuffer::StageBuffer(std::string name, std::int64_t numel, ElementType dtype,
                          c10::Device device)
     : name_(std::move(name)),
-      tensor_(at::zeros({numel}, at::TensorOptions().dtype(dtype).device(device))) {}
+      tensor_(at::zeros({numel}, at::TensorOptions().dtype(scalar_type_of(dtype)).device(device))) {
+}
 
 void StageBuffer::claim(const std::string& stage) {
   if (may_claim(stage)) {

@@ -17,9 +17,10 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
-#include <c10/core/ScalarType.h>
 
 #include <string>
+
+#include "fsdp/element_type.h"
 
 namespace fsdp {
 
@@ -27,7 +28,7 @@ class StageBuffer {
  public:
   // A zeroed 1-D buffer of `numel` elements. `name` is for messages
   // ("shared weight buffer 1").
-  StageBuffer(std::string name, std::int64_t numel, c10::ScalarType dtype, c10::Device device);
+  StageBuffer(std::string name, std::int64_t numel, ElementType dtype, c10::Device device);
 
   StageBuffer(const StageBuffer&) = delete;
   StageBuffer& operator=(const StageBuffer&) = delete;

@@ -2,6 +2,16 @@
 # Installs what the project needs and builds it into build/ (executables in build/bin/).
 # Idempotent: packages already installed are not fetched again, and the build is incremental.
 #
+# FSDP_TORCH chooses the libtorch:
+#   debian (default)  Debian's libtorch 1.13 (CPU only), into build/;
+#   pip               PyPI torch 2.x's bundled libtorch (the CUDA build that GPU
+#                     users have; its CPU path runs here), into build-pip/. The
+#                     torch wheel and its nvidia-* packages (several GB) go into
+#                     a virtual environment kept across clones, in
+#                     $FSDP_TORCH_VENV (default ~/.cache/fsdp-runtime/torch-venv);
+#                     FSDP_TORCH_REQUIREMENT (default "torch>=2.4,<3") is what
+#                     pip installs there when it lacks torch.
+#
 # Dependencies, all Debian packages: libtorch, Open MPI, Boost.Program_options,
 # GoogleTest, nlohmann-json, xxHash, CMake, Ninja, iproute2 (the two-host test's
 # network namespaces), and OpenBLAS (OpenMP build)
@@ -12,6 +22,16 @@
 # PATH or in /usr/local/cuda, the CUDA kernels and the NCCL backend are built too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+torch_choice=${FSDP_TORCH:-debian}
+case "$torch_choice" in
+  debian) build_dir=build ;;
+  pip) build_dir=build-pip ;;
+  *)
+    echo "setup: FSDP_TORCH must be 'debian' (Debian's libtorch, the default) or 'pip'" \
+         "(PyPI torch's libtorch); found '$torch_choice'" >&2
+    exit 2 ;;
+esac
 
 packages=(cmake ninja-build g++ libtorch-dev libopenmpi-dev openmpi-bin
           libboost-program-options-dev libgtest-dev nlohmann-json3-dev libxxhash-dev
@@ -59,6 +79,40 @@ if [ ! -x build/python/bin/python ] || ! build/python/bin/python -c "import safe
   mkdir -p build
   python3 -m venv build/python
   build/python/bin/pip install --quiet --disable-pip-version-check "safetensors>=0.4" numpy tokenizers
+fi
+
+if [ "$torch_choice" = pip ]; then
+  # PyPI torch, with the test's Python packages in the same environment (one
+  # FSDP_PYTHON for the tests that need them).
+  torch_venv=${FSDP_TORCH_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/fsdp-runtime/torch-venv}
+  python=$torch_venv/bin/python
+  if ! "$python" -c "import torch, safetensors, numpy, tokenizers" 2>/dev/null; then
+    requirement=${FSDP_TORCH_REQUIREMENT:-torch>=2.4,<3}
+    echo "setup: installing $requirement (with its nvidia-* packages: several GB)," \
+         "safetensors, numpy and tokenizers into $torch_venv"
+    mkdir -p "$(dirname "$torch_venv")"
+    python3 -m venv "$torch_venv"
+    "$python" -m pip install --quiet --disable-pip-version-check "$requirement" \
+      "safetensors>=0.4" numpy tokenizers
+  fi
+  torch_prefix=$("$python" -c "import torch.utils; print(torch.utils.cmake_prefix_path)")
+  echo "setup: building against PyPI torch $("$python" -c "import torch; print(torch.__version__)")" \
+       "($torch_prefix) in $build_dir/"
+  if [ ! -f "$build_dir/CMakeCache.txt" ]; then
+    cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+      -DCMAKE_PREFIX_PATH="$torch_prefix" -DFSDP_PYTHON="$python"
+  fi
+  cmake --build "$build_dir" -j "$(nproc)"
+  # The libtorch the programs load must be the one they were compiled against
+  # (Debian's, in the system's library directory, would otherwise win).
+  loaded=$(ldd "$build_dir/bin/fsdp-train" | awk '$1 == "libtorch_cpu.so" {print $3}')
+  if [[ "$(readlink -f "$loaded")" != "$(readlink -f "$torch_prefix/../../lib")"/* ]]; then
+    echo "setup: $build_dir/bin/fsdp-train loads libtorch_cpu.so from '${loaded:-nowhere}'," \
+         "not from PyPI torch's $torch_prefix/../../lib" >&2
+    exit 1
+  fi
+  # PyPI torch calls its own statically linked MKL, not the system's BLAS.
+  exit 0
 fi
 
 if [ ! -f build/CMakeCache.txt ]; then

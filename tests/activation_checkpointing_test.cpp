@@ -130,7 +130,7 @@ Trace train(const Case& c, ActivationCheckpointing mode) {
   options.shared_gradient_buffers = c.shared_buffers;
   options.activation_checkpointing = mode;
   options.fsdp.alignment = 8;
-  if (c.bfloat16) options.fsdp.compute_dtype = at::kBFloat16;
+  if (c.bfloat16) options.fsdp.compute_dtype = ElementType::kBFloat16;
   const models::LlamaConfig config = config_for(c);
   MultiStageModel model(models::build_llama_layers(config), counting, options);
   model.initialize_weights(7);

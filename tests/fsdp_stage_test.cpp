@@ -8,6 +8,7 @@
 
 #include "fsdp/fsdp.h"
 #include "fsdp/inspector.h"
+#include "fsdp/torch_interop.h"
 #include "mpi_test_environment.h"
 
 namespace fsdp {
@@ -30,7 +31,7 @@ std::vector<ParameterSpec> test_parameters() {
 
 FsdpOptions test_options(c10::ScalarType compute = at::kFloat) {
   FsdpOptions options;
-  options.compute_dtype = compute;
+  options.compute_dtype = element_type_of(compute);
   options.alignment = 4;
   return options;
 }
@@ -68,7 +69,7 @@ void expect_all_views_exact(const Fsdp& stage, bool bfloat16_exact) {
     const ParameterSlot& slot = layout.parameters()[p];
     const at::Tensor view = stage.parameter(slot.name);
     EXPECT_EQ(view.sizes().vec(), slot.shape) << slot.name;
-    EXPECT_EQ(view.scalar_type(), stage.options().compute_dtype) << slot.name;
+    EXPECT_EQ(view.scalar_type(), scalar_type_of(stage.options().compute_dtype)) << slot.name;
     EXPECT_TRUE(view.detach().to(at::kDouble).equal(expected_parameter(layout, p, bfloat16_exact)))
         << slot.name << " on rank " << rank();
   }
@@ -449,9 +450,9 @@ TEST(Fsdp, SharedBuffersTakeTurnsAndRefuseToOverwrite) {
   const FlatLayout big(test_parameters(), ranks(), options.alignment);
   SharedStageBuffers shared;
   shared.weights = std::make_shared<StageBuffer>("shared weight buffer 0", big.padded_numel(),
-                                                 at::kFloat, c10::Device(c10::kCPU));
+                                                 ElementType::kFloat32, c10::Device(c10::kCPU));
   shared.gradients = std::make_shared<StageBuffer>("shared gradient buffer 0", big.padded_numel(),
-                                                   at::kFloat, c10::Device(c10::kCPU));
+                                                   ElementType::kFloat32, c10::Device(c10::kCPU));
   Fsdp first("stage.0", test_parameters(), group(), options, shared);
   Fsdp second("stage.1", {{"norm", {7}}, {"scale", {}}}, group(), options, shared);
   EXPECT_FALSE(first.shard_aliases_buffer());  // the buffer is overwritten while released
@@ -493,7 +494,7 @@ TEST(Fsdp, SharedBuffersTakeTurnsAndRefuseToOverwrite) {
 
 TEST(Fsdp, SharedBufferTooSmallIsRejectedWithBothSizes) {
   SharedStageBuffers shared;
-  shared.weights = std::make_shared<StageBuffer>("shared weight buffer 0", 8, at::kFloat,
+  shared.weights = std::make_shared<StageBuffer>("shared weight buffer 0", 8, ElementType::kFloat32,
                                                  c10::Device(c10::kCPU));
   try {
     Fsdp stage("stage.3", test_parameters(), group(), test_options(), shared);
@@ -535,7 +536,7 @@ TEST(Fsdp, RejectsADeviceTheGroupCannotServe) {
         << error.what();
   }
   options = test_options();
-  options.compute_dtype = at::kInt;
+  options.compute_dtype = ElementType::kInt32;
   EXPECT_THROW(Fsdp("decoder.0", test_parameters(), group(), options), std::invalid_argument);
 }
 

@@ -168,7 +168,7 @@ TEST(Gpu, StageWithCudaBuffersRestoresAndInspects) {
   if (!at::hasCUDA()) GTEST_SKIP() << "this libtorch was built without CUDA (Debian's is CPU-only)";
   FsdpOptions options;
   options.device = c10::Device(c10::DeviceType::CUDA, testing::runtime().cuda_device());
-  options.compute_dtype = at::kBFloat16;
+  options.compute_dtype = ElementType::kBFloat16;
   Fsdp stage("decoder.0", {{"w", {300, 7}}, {"b", {7}}}, testing::runtime().process_group(),
              options);
   for (const OwnedSlice& slice : stage.layout().owned_slices(stage.group().rank())) {

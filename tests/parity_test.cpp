@@ -153,7 +153,7 @@ void run_parity(const ParityCase& parity) {
   options.shared_weight_buffers = parity.shared_weight_buffers;
   options.shared_gradient_buffers = parity.shared_gradient_buffers;
   options.fsdp.alignment = 8;
-  if (parity.bfloat16) options.fsdp.compute_dtype = at::kBFloat16;
+  if (parity.bfloat16) options.fsdp.compute_dtype = ElementType::kBFloat16;
   const double tolerance = parity.bfloat16 ? 3e-2 : 1e-5;
   MultiStageModel model(models::build_llama_layers(config), group, options);
   model.initialize_weights(kSeed);

@@ -587,13 +587,14 @@ TEST(ShardInspect, HfParametersAssembleThroughEveryKindOfRule) {
   checkpoint::HfCheckpoint hf(file);
   const auto plans = checkpoint::plan_import({&layout}, hf, rules);
   for (const auto& slot : layout.parameters()) {
-    const auto value = checkpoint::read_hf_parameter(plans.at(slot.name), slot, at::kFloat);
+    const auto value =
+        checkpoint::read_hf_parameter(plans.at(slot.name), slot, ElementType::kFloat32);
     EXPECT_EQ(value.sizes().vec(), slot.shape) << slot.name;
     EXPECT_TRUE(at::equal(value, expected.at(slot.name))) << slot.name;
   }
   // In another dtype: converted as torch converts.
   const auto& h = layout.parameter("H");
-  EXPECT_TRUE(at::equal(checkpoint::read_hf_parameter(plans.at("H"), h, at::kBFloat16),
+  EXPECT_TRUE(at::equal(checkpoint::read_hf_parameter(plans.at("H"), h, ElementType::kBFloat16),
                         files["half"].to(at::kBFloat16)));
 }
 

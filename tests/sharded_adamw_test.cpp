@@ -155,8 +155,8 @@ TEST(ShardedAdamW, NonFiniteGradientsSkipTheStepEverywhere) {
 
 TEST(ShardedAdamW, RefusesShardsThatAreNotFloat32) {
   FsdpOptions fsdp_options;
-  fsdp_options.shard_dtype = at::kBFloat16;
-  fsdp_options.compute_dtype = at::kBFloat16;
+  fsdp_options.shard_dtype = ElementType::kBFloat16;
+  fsdp_options.compute_dtype = ElementType::kBFloat16;
   Fsdp stage("decoder.7", model_parameters(), testing::runtime().process_group(), fsdp_options);
   try {
     ShardedAdamW optimizer({&stage}, {});

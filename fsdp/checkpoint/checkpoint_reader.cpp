@@ -154,9 +154,9 @@ std::int64_t CheckpointReader::numel(const ParameterLocation& location) const {
   return stage(location).flat_ranges.at(location.parameter).size();
 }
 
-c10::ScalarType CheckpointReader::shard_type(std::size_t stage) const {
+ElementType CheckpointReader::shard_type(std::size_t stage) const {
   // Checked in the constructor.
-  return scalar_type_of(*element_type_named(index_.stages.at(stage).shard_dtype));
+  return *element_type_named(index_.stages.at(stage).shard_dtype);
 }
 
 bool CheckpointReader::has(ShardArray array) const {
@@ -190,7 +190,7 @@ const TensorEntry& CheckpointReader::shard_entry(int rank, std::size_t stage, Sh
   const auto& file = reader(rank).file();
   const std::string name = shard_tensor_name(record.name, array);
   const auto& entry = file.tensor(name);
-  const auto expected_dtype = safetensors_dtype_of(shard_type(stage));
+  const auto expected_dtype = safetensors_dtype_of(scalar_type_of(shard_type(stage)));
   if (entry.shape != std::vector<std::int64_t>{record.shard_numel} ||
       entry.dtype != expected_dtype) {
     throw CheckpointError(file.path() + ": tensor \"" + name + "\" is " +
@@ -214,7 +214,7 @@ at::Tensor CheckpointReader::read(const ParameterLocation& location, ElementRang
     throw CheckpointError(source() + ": the checkpoint has no " +
                           std::string(shard_array_name(array)) + " arrays");
   }
-  const auto type = shard_type(location.stage);
+  const auto type = scalar_type_of(shard_type(location.stage));
   auto values = at::empty({elements.size()}, at::TensorOptions().dtype(type));
   const std::int64_t element_bytes = static_cast<std::int64_t>(values.element_size());
   const ElementRange wanted{flat.begin + elements.begin, flat.begin + elements.end};
@@ -244,7 +244,7 @@ ParameterPlacements CheckpointReader::placements(const ParameterLocation& locati
   result.flat_range = record.flat_ranges.at(location.parameter);
   result.shard_numel = record.shard_numel;
   result.stage_unpadded_numel = record.unpadded_numel;
-  const std::int64_t element_bytes = c10::elementSize(shard_type(location.stage));
+  const std::int64_t element_bytes = element_size(shard_type(location.stage));
   // Absolute file bytes of shard offsets [begin, end) in rank `rank`'s file.
   const auto file_bytes = [&](int rank, ElementRange shard_offsets) {
     const auto& entry = shard_entry(rank, location.stage, ShardArray::kWeights);

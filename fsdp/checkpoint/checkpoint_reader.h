@@ -23,6 +23,7 @@
 
 #include "fsdp/checkpoint/distributed_checkpoint.h"
 #include "fsdp/checkpoint/verified_reader.h"
+#include "fsdp/element_type.h"
 #include "fsdp/flat_layout.h"
 
 namespace fsdp::checkpoint {
@@ -99,7 +100,7 @@ class CheckpointReader {
   // The stage's layout at the checkpoint's world size.
   const FlatLayout& layout(std::size_t stage) const { return *layouts_.at(stage); }
   // The torch type of the stage's shards (what read() returns).
-  c10::ScalarType shard_type(std::size_t stage) const;
+  ElementType shard_type(std::size_t stage) const;
 
   // Whether the checkpoint holds `array` (weights always do).
   bool has(ShardArray array) const;

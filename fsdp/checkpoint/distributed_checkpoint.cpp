@@ -64,7 +64,7 @@ json stage_to_json(const Fsdp& stage) {
   }
   return {{key::kName, stage.stage_name()},
           {key::kShardDtype,
-           std::string(element_type_name(element_type_of(stage.options().shard_dtype)))},
+           std::string(element_type_name(stage.options().shard_dtype))},
           {key::kUnpaddedNumel, layout.unpadded_numel()},
           {key::kShardNumel, layout.shard_numel()},
           {key::kParameters, parameters}};
@@ -148,8 +148,7 @@ void check_layout(const CheckpointIndex& index, const std::vector<Fsdp*>& stages
       throw CheckpointError(where + " is \"" + record.name + "\" in the checkpoint and \"" +
                             stages[s]->stage_name() + "\" in the model");
     }
-    const auto model_dtype =
-        std::string(element_type_name(element_type_of(stages[s]->options().shard_dtype)));
+    const auto model_dtype = std::string(element_type_name(stages[s]->options().shard_dtype));
     if (record.shard_dtype != model_dtype) {
       throw CheckpointError(where + " (\"" + record.name + "\"): shards are " + record.shard_dtype +
                             " in the checkpoint and " + model_dtype + " in the model");

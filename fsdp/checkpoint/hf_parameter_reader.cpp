@@ -8,11 +8,13 @@
 
 #include "fsdp/checkpoint/checkpoint_error.h"
 #include "fsdp/checkpoint/element_conversion.h"
+#include "fsdp/torch_interop.h"
 
 namespace fsdp::checkpoint {
 
 at::Tensor read_hf_parameter(const ParameterPlan& plan, const ParameterSlot& slot,
-                             c10::ScalarType type) {
+                             ElementType element_type) {
+  const c10::ScalarType type = scalar_type_of(element_type);
   if (plan.parameter != slot.name) {
     throw std::invalid_argument("read_hf_parameter: the plan is for \"" + plan.parameter +
                                 "\", not \"" + slot.name + "\"");

@@ -11,6 +11,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "fsdp/checkpoint/conversion_rules.h"
+#include "fsdp/element_type.h"
 
 namespace fsdp::checkpoint {
 
@@ -24,6 +25,6 @@ namespace fsdp::checkpoint {
 // file and the key when a source cannot be read or converted, and when the
 // pieces do not cover the parameter exactly once.
 at::Tensor read_hf_parameter(const ParameterPlan& plan, const ParameterSlot& slot,
-                             c10::ScalarType type);
+                             ElementType type);
 
 }  // namespace fsdp::checkpoint

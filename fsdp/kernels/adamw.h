@@ -40,7 +40,8 @@ void adamw_step_on_host(const AdamWArrays& arrays, const AdamWHyperparameters& h
 // Sum of squares of `count` floats, accumulated in float64.
 double squared_norm_on_host(const float* values, std::int64_t count);
 
-// Device versions, enqueued on `cuda_stream` (a cudaStream_t). Throw
+// Device versions, enqueued on `cuda_stream` (a cudaStream_t), on the device
+// holding the arrays (whichever is current). Throw
 // std::runtime_error when the library was built without CUDA.
 void adamw_step_on_device(const AdamWArrays& arrays, const AdamWHyperparameters& hyper,
                           std::int64_t step, double weight_decay, float gradient_scale,

@@ -43,6 +43,33 @@ __global__ void adamw_kernel(float* __restrict__ w, const float* __restrict__ g,
   }
 }
 
+// Makes the device holding `pointer` current for the guard's life: the
+// kernel runs where its arrays are, whatever device the caller had current.
+class PointerDeviceGuard {
+ public:
+  explicit PointerDeviceGuard(const void* pointer) {
+    cudaPointerAttributes attributes{};
+    check(cudaPointerGetAttributes(&attributes, pointer), "cudaPointerGetAttributes");
+    if (attributes.type != cudaMemoryTypeDevice && attributes.type != cudaMemoryTypeManaged) {
+      throw std::invalid_argument("adamw_step_on_device: the weights are not in device memory");
+    }
+    check(cudaGetDevice(&previous_), "cudaGetDevice");
+    if (attributes.device != previous_) check(cudaSetDevice(attributes.device), "cudaSetDevice");
+  }
+  ~PointerDeviceGuard() { cudaSetDevice(previous_); }
+  PointerDeviceGuard(const PointerDeviceGuard&) = delete;
+  PointerDeviceGuard& operator=(const PointerDeviceGuard&) = delete;
+
+ private:
+  static void check(cudaError_t status, const char* call) {
+    if (status != cudaSuccess) {
+      throw std::runtime_error(std::string("adamw_step_on_device: ") + call +
+                               " failed: " + cudaGetErrorString(status));
+    }
+  }
+  int previous_ = 0;
+};
+
 }  // namespace
 
 void adamw_step_on_device(const AdamWArrays& arrays, const AdamWHyperparameters& hyper,
@@ -65,6 +92,7 @@ void adamw_step_on_device(const AdamWArrays& arrays, const AdamWHyperparameters&
   s.negative_step_size = static_cast<float>(
       -(hyper.learning_rate / (1.0 - std::pow(hyper.beta1, static_cast<double>(step)))));
   s.gradient_scale = gradient_scale;
+  const PointerDeviceGuard device(arrays.weights);
   constexpr int kThreads = 256;
   const std::int64_t wanted = (arrays.count + kThreads - 1) / kThreads;
   const int blocks = static_cast<int>(wanted < 8192 ? wanted : 8192);

@@ -16,6 +16,9 @@
 
 #if FSDP_WITH_NCCL
 #include "fsdp/nccl_process_group.h"
+#if FSDP_TORCH_HAS_CUDA
+#include "fsdp/launch/torch_cuda_hooks.h"
+#endif
 #else
 #define FSDP_WITH_NCCL 0
 #endif
@@ -105,6 +108,9 @@ void Runtime::connect(const RuntimeOptions& options) {
   cuda_device_ = device;
   bind_cuda_device(cuda_device_);
   device_group_ = NcclProcessGroup::create(*host_group_, cuda_device_);
+#if FSDP_TORCH_HAS_CUDA
+  use_torch_cuda_runtime(*device_group_);
+#endif
 #endif
 }
 

@@ -127,7 +127,7 @@ class Training {
     model_options.activation_checkpointing =
         stages::parse_activation_checkpointing(options.activation_checkpointing);
     model_options.fsdp.compute_dtype =
-        options.compute_dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
+        options.compute_dtype == "bfloat16" ? ElementType::kBFloat16 : ElementType::kFloat32;
     if (runtime.uses_nccl() && runtime.cuda_device() >= 0) {
       device_ = c10::Device(c10::DeviceType::CUDA, runtime.cuda_device());
       model_options.fsdp.device = device_;

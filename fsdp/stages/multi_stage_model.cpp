@@ -539,11 +539,10 @@ void MultiStageModel::reset_communication_statistics() {
 
 std::int64_t MultiStageModel::activation_estimate(std::int64_t rows, std::int64_t sequence,
                                                   bool& partly_unknown) const {
-  const auto element_size =
-      static_cast<std::int64_t>(c10::elementSize(options_.fsdp.compute_dtype));
+  const std::int64_t element_bytes = element_size(options_.fsdp.compute_dtype);
   std::vector<ActivationBytes> bytes;
   for (const auto& layer : layers_) {
-    bytes.push_back(layer->activation_bytes(rows, sequence, element_size));
+    bytes.push_back(layer->activation_bytes(rows, sequence, element_bytes));
     if (bytes.back().saved == 0 && bytes.back().output == 0) partly_unknown = true;
   }
   // The loss keeps the last output and its gradient.

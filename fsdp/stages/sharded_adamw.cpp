@@ -43,15 +43,21 @@ ShardedAdamW::ShardedAdamW(std::vector<Fsdp*> stages, ShardedAdamWOptions option
 }
 
 double ShardedAdamW::global_gradient_norm() const {
-  double local = 0.0;
+  // On a device the per-stage sums stay there (no host synchronisation per
+  // stage); the one .item() below reads the all-reduced total.
+  const auto options = stages_.front()->weight_shard().options().dtype(at::kDouble);
+  at::Tensor total = at::zeros({1}, options);
+  double host_sum = 0.0;
   for (std::size_t s = 0; s < stages_.size(); ++s) {
     const at::Tensor data = stages_[s]->gradient_shard().narrow(0, 0, states_[s].data_elements);
-    local += data.is_cuda() ? data.to(at::kDouble).square().sum().item<double>()
-                            : kernels::squared_norm_on_host(data.data_ptr<float>(), data.numel());
+    if (data.is_cuda()) {
+      total.add_(data.to(at::kDouble).square().sum());
+    } else {
+      host_sum += kernels::squared_norm_on_host(data.data_ptr<float>(), data.numel());
+    }
   }
+  if (!total.is_cuda()) total.fill_(host_sum);
   // One float64 all-reduce, on the stages' own group (host or device memory).
-  at::Tensor total =
-      at::full({1}, local, stages_.front()->weight_shard().options().dtype(at::kDouble));
   stages_.front()->group().all_reduce(span_of(total), ReduceOp::kSum);
   return std::sqrt(total.item<double>());
 }
@@ -80,8 +86,9 @@ double ShardedAdamW::step(double learning_rate) {
                                         run.end - run.begin};
       const double decay = run.decays ? options_.weight_decay : 0.0;
       if (weights.is_cuda()) {
-        // The legacy default stream: see Note [Comm stream ordering].
-        kernels::adamw_step_on_device(arrays, hyper, steps_taken_, decay, scale, nullptr);
+        // Ordered after the gradients' reduce-scatter: Note [Comm stream ordering].
+        kernels::adamw_step_on_device(arrays, hyper, steps_taken_, decay, scale,
+                                      stage.group().cuda_compute_stream());
       } else {
         kernels::adamw_step_on_host(arrays, hyper, steps_taken_, decay, scale);
       }
