@@ -17,6 +17,7 @@
 #include "bench/adamw_bench.h"
 #include "bench/checkpointing_bench.h"
 #include "bench/collective_bench.h"
+#include "bench/device_bench.h"
 #include "bench/load_bench.h"
 #include "bench/step_bench.h"
 #include "fsdp/launch/cpu_compute.h"
@@ -59,6 +60,31 @@ void print_table(const std::vector<fsdp::bench::CollectiveBenchResult>& results)
                 r.busbw_gbps(), r.raw_time_seconds * 1e6, r.raw_busbw_gbps(), r.ratio());
   }
   std::printf("# bandwidths in GB/s (decimal); ratio = raw time / our time\n");
+}
+
+void print_device(const std::vector<fsdp::bench::DeviceBenchResult>& results, bool json) {
+  if (!json) {
+    std::printf(
+        "# case device: GB/s read + written; ratios over a device-to-device copy of the shard\n"
+        "%12s %10s %12s %8s %10s %8s\n",
+        "shard MiB", "copy", "restore", "ratio", "adamw", "ratio");
+  }
+  for (const auto& r : results) {
+    if (json) {
+      nlohmann::json line = {{"case", "device"},
+                             {"bytes", r.elements * 4},
+                             {"copy_gbps", r.copy_gbps},
+                             {"restore_gbps", r.restore_gbps},
+                             {"restore_ratio", r.restore_ratio()},
+                             {"adamw_gbps", r.adamw_gbps},
+                             {"adamw_ratio", r.adamw_ratio()}};
+      std::cout << line.dump() << std::endl;
+    } else {
+      std::printf("%12.1f %10.1f %12.1f %8.3f %10.1f %8.3f\n",
+                  static_cast<double>(r.elements * 4) / (1 << 20), r.copy_gbps, r.restore_gbps,
+                  r.restore_ratio(), r.adamw_gbps, r.adamw_ratio());
+    }
+  }
 }
 
 void print_adamw(const std::vector<fsdp::bench::AdamWBenchResult>& results, bool json) {
@@ -294,6 +320,16 @@ int run(fsdp::launch::Runtime& runtime, const po::variables_map& values) {
       if (runtime.rank() == 0) print_load(options, result, values.count("json") != 0);
       continue;
     }
+    if (name == "device") {
+      std::vector<std::int64_t> elements;
+      for (std::int64_t bytes : parse_sizes(values["sizes-mib"].as<std::string>())) {
+        elements.push_back(bytes / 4);  // a float32 shard of that size
+      }
+      const auto results =
+          fsdp::bench::run_device_bench(runtime, elements, values["iterations"].as<int>());
+      if (runtime.rank() == 0) print_device(results, values.count("json") != 0);
+      continue;
+    }
     if (name == "adamw") {
       std::vector<std::int64_t> elements;
       for (std::int64_t bytes : parse_sizes(values["sizes-mib"].as<std::string>())) {
@@ -339,10 +375,10 @@ int main(int argc, char** argv) {
   options.add_options()(
       "case", po::value<std::string>()->default_value("all")->notifier([](const std::string& c) {
         if (c != "restore" && c != "reduce" && c != "adamw" && c != "step" && c != "load" &&
-            c != "checkpointing" && c != "all") {
+            c != "checkpointing" && c != "device" && c != "all") {
           throw po::invalid_option_value(
               "--case " + c +
-              " (expected restore, reduce, adamw, step, load, checkpointing or all)");
+              " (expected restore, reduce, adamw, step, load, checkpointing, device or all)");
         }
       }),
       "restore: restore_parameters() vs MPI_Allgather; reduce: reduce_gradients() vs "
@@ -350,9 +386,11 @@ int main(int argc, char** argv) {
       "shard sizes from --sizes-mib); step: training-step tokens/s vs plain libtorch (world "
       "size 1); load: HF checkpoint import vs a raw read of its files (generated, about 1 GB by "
       "default); checkpointing: training with and without activation checkpointing (tokens/s, "
-      "step peak memory, bitwise losses); all: restore, reduce and adamw")(
-      "sizes-mib", po::value<std::string>()->default_value("1,4,16,64,256"),
-      "stage buffer sizes, comma-separated MiB")(
+      "step peak memory, bitwise losses); device: on GPUs (--backend nccl), restore and AdamW "
+      "bytes/s vs a device-to-device copy of the shard (shard sizes from --sizes-mib); all: "
+      "restore, reduce and adamw")("sizes-mib",
+                                   po::value<std::string>()->default_value("1,4,16,64,256"),
+                                   "stage buffer sizes, comma-separated MiB")(
       "compute-dtype",
       po::value<std::string>()->default_value("float32")->notifier([](const std::string& d) {
         if (d != "float32" && d != "bfloat16") {

@@ -10,6 +10,7 @@
 
 #include "fsdp/fsdp.h"
 #include "fsdp/inspector.h"
+#include "fsdp/kernels/adamw.h"
 #include "fsdp/kernels/cast.h"
 #include "fsdp/launch/cuda_devices.h"
 #include "fsdp/stages/adopted_module.h"
@@ -17,6 +18,8 @@
 
 #if FSDP_WITH_CUDA
 #include <cuda_runtime_api.h>
+
+#include "gpu_spin.h"
 #endif
 #if FSDP_WITH_NCCL
 #include "fsdp/nccl_process_group.h"
@@ -92,6 +95,108 @@ TEST(Gpu, CastKernelsMatchTheHostCastsBitForBit) {
   }
 #else
   GTEST_SKIP() << "built without CUDA";
+#endif
+}
+
+TEST(Gpu, AdamWOnDeviceMatchesTheHostKernelBitForBit) {
+#if FSDP_WITH_CUDA
+  if (!has_gpu()) GTEST_SKIP() << "no CUDA device on this machine";
+  at::manual_seed(11);
+  const std::int64_t count = 1000003;  // not a multiple of any block size
+  auto host_values = [&](double scale) {
+    at::Tensor t = at::randn({count}).mul(scale);
+    return std::vector<float>(t.data_ptr<float>(), t.data_ptr<float>() + count);
+  };
+  std::vector<float> weights = host_values(1.0), gradients = host_values(0.1);
+  std::vector<float> exp_avg = host_values(0.01), exp_avg_sq = host_values(0.001);
+  for (float& v : exp_avg_sq) v = std::abs(v);
+  DeviceArray<float> w(count), g(count), m(count), v(count);
+  w.upload(weights);
+  g.upload(gradients);
+  m.upload(exp_avg);
+  v.upload(exp_avg_sq);
+  const kernels::AdamWHyperparameters hyper{3e-4, 0.9, 0.95, 1e-8};
+  for (std::int64_t step = 1; step <= 3; ++step) {
+    kernels::adamw_step_on_host(
+        {weights.data(), gradients.data(), exp_avg.data(), exp_avg_sq.data(), count}, hyper, step,
+        0.1, 0.5f);
+    kernels::adamw_step_on_device({w.data, g.data, m.data, v.data, count}, hyper, step, 0.1, 0.5f,
+                                  nullptr);
+  }
+  EXPECT_EQ(w.download(), weights);
+  EXPECT_EQ(m.download(), exp_avg);
+  EXPECT_EQ(v.download(), exp_avg_sq);
+#else
+  GTEST_SKIP() << "built without CUDA";
+#endif
+}
+
+// 64-bit indexing: a 32-bit element index would leave the tail unwritten.
+TEST(Gpu, CastsOverTwoToThe31Elements) {
+#if FSDP_WITH_CUDA
+  if (!has_gpu()) GTEST_SKIP() << "no CUDA device on this machine";
+  const std::int64_t count = (std::int64_t{1} << 31) + 1001;  // 4 GiB of bfloat16, 8 GiB of float32
+  std::uint16_t* source = nullptr;
+  float* destination = nullptr;
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&source), count * sizeof(std::uint16_t)),
+            cudaSuccess);
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&destination), count * sizeof(float)), cudaSuccess);
+  ASSERT_EQ(cudaMemset(source, 0x3F, count * sizeof(std::uint16_t)), cudaSuccess);  // 0x3F3F
+  ASSERT_EQ(cudaMemset(destination, 0, count * sizeof(float)), cudaSuccess);
+  kernels::cast_on_device(source, ElementType::kBFloat16, destination, ElementType::kFloat32, count,
+                          nullptr);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::uint16_t word = 0x3F3F;
+  float expected = 0.0f;
+  kernels::cast_on_host(&word, ElementType::kBFloat16, &expected, ElementType::kFloat32, 1);
+  for (const std::int64_t begin : {std::int64_t{0}, (std::int64_t{1} << 31) - 1000, count - 1001}) {
+    std::vector<float> got(1001);
+    ASSERT_EQ(cudaMemcpy(got.data(), destination + begin, got.size() * sizeof(float),
+                         cudaMemcpyDeviceToHost),
+              cudaSuccess);
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      ASSERT_EQ(got[i], expected) << "element " << begin + static_cast<std::int64_t>(i);
+    }
+  }
+  cudaFree(source);
+  cudaFree(destination);
+#else
+  GTEST_SKIP() << "built without CUDA";
+#endif
+}
+
+// Note [Comm stream ordering] without any device-wide synchronisation: a
+// collective enqueued right after a slow kernel on the compute stream must see
+// what that kernel writes, and compute enqueued after wait() must see the
+// collective's result.
+TEST(Gpu, CollectivesAreOrderedAfterComputeWithoutADeviceSync) {
+#if FSDP_WITH_NCCL
+  if (!has_gpu() || !testing::runtime().uses_nccl()) {
+    GTEST_SKIP() << "no NCCL process group (needs a GPU of its own for every rank)";
+  }
+  ProcessGroup& group = *testing::runtime().process_group();
+  void* stream = group.cuda_compute_stream();
+  DeviceArray<float> input(group.size());
+  DeviceArray<float> output(1);
+  input.upload(std::vector<float>(group.size(), 0.0f));
+  output.upload({0.0f});
+  // 200 ms of spinning, then 7 written into this rank's input element of every chunk.
+  for (int r = 0; r < group.size(); ++r) {
+    testing::spin_then_write(input.data + r, 7.0f, r == 0 ? 200 : 0, stream);
+  }
+  auto work = group.reduce_scatter_async(input.span(ElementType::kFloat32),
+                                         output.span(ElementType::kFloat32), ReduceOp::kSum);
+  EXPECT_FALSE(work->is_completed()) << "the collective finished before the kernel it follows";
+  work->wait();
+  // After wait(), on the compute stream: copy the result out in stream order.
+  float result = 0.0f;
+  ASSERT_EQ(cudaMemcpyAsync(&result, output.data, sizeof(float), cudaMemcpyDeviceToHost,
+                            static_cast<cudaStream_t>(stream)),
+            cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), cudaSuccess);
+  EXPECT_EQ(result, 7.0f * group.size());
+#else
+  GTEST_SKIP() << "built without NCCL";
 #endif
 }
 

@@ -107,10 +107,11 @@ void Runtime::connect(const RuntimeOptions& options) {
 #if FSDP_WITH_NCCL
   cuda_device_ = device;
   bind_cuda_device(cuda_device_);
-  device_group_ = NcclProcessGroup::create(*host_group_, cuda_device_);
+  std::shared_ptr<NcclProcessGroup> nccl = NcclProcessGroup::create(*host_group_, cuda_device_);
 #if FSDP_TORCH_HAS_CUDA
-  use_torch_cuda_runtime(*device_group_);
+  use_torch_cuda_runtime(*nccl);
 #endif
+  device_group_ = std::move(nccl);
 #endif
 }
 
