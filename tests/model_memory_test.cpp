@@ -61,8 +61,11 @@ TEST(ModelMemory, ZeroThreeWithTwoSharedBuffersHoldsShardsPlusTwoStageBuffers) {
   EXPECT_EQ(memory.optimizer_state, 2 * shard_elements * 4);
   EXPECT_EQ(memory.weight_buffers, (largest[0] + largest[1]) * 4);
   EXPECT_EQ(memory.gradient_buffers, (largest[0] + largest[1]) * 4);
+  // Host groups stage 16-bit reductions in bounded pieces: no collective staging counted.
+  EXPECT_EQ(memory.collective_staging, 0);
   EXPECT_EQ(memory.total(), memory.weight_shards + memory.gradient_shards + memory.optimizer_state +
-                                memory.weight_buffers + memory.gradient_buffers);
+                                memory.weight_buffers + memory.gradient_buffers +
+                                memory.collective_staging);
   // No rank holds the whole model's weights in its buffers: only two stages.
   EXPECT_LT(memory.weight_buffers, model_elements * 4);
   if (group->rank() == 0) std::cout << "[ memory   ] " << memory.describe() << std::endl;

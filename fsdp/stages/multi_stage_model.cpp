@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/autograd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <map>
 #include <stdexcept>
@@ -121,6 +122,7 @@ std::string ModelMemory::describe() const {
                      ", gradient shards " + mebibytes(gradient_shards) + ", optimizer state " +
                      mebibytes(optimizer_state) + ", weight buffers " + mebibytes(weight_buffers) +
                      ", gradient buffers " + mebibytes(gradient_buffers);
+  if (collective_staging > 0) text += ", collective staging " + mebibytes(collective_staging);
   if (activations > 0 || activations_partly_unknown) {
     text += "; activations about " + mebibytes(activations) + " per micro-batch (estimate" +
             (activations_partly_unknown ? ", some layers not counted)" : ")");
@@ -578,7 +580,15 @@ ModelMemory MultiStageModel::memory(const ShardedAdamW* optimizer, std::int64_t 
   if (rows > 0) {
     memory.activations = activation_estimate(rows, sequence, memory.activations_partly_unknown);
   }
+  // A device group reduces 16-bit gradients through float32 staging (the CPU
+  // group stages in bounded pieces, which the resident set's baseline holds).
+  const bool stages_in_float32 = is_half_precision(options_.fsdp.compute_dtype);
   auto add = [&](const Fsdp& fsdp) {
+    if (stages_in_float32 && fsdp.group().memory_location() == MemoryLocation::kCuda) {
+      memory.collective_staging = std::max<std::int64_t>(
+          memory.collective_staging,
+          fsdp.layout().padded_numel() * element_size(ElementType::kFloat32));
+    }
     const StageMemory stage = fsdp.memory();
     memory.weight_shards += stage.weight_shard;
     memory.gradient_shards += stage.gradient_shard;

@@ -130,13 +130,18 @@ struct ModelMemory {
   std::int64_t optimizer_state = 0;
   std::int64_t weight_buffers = 0;  // own and shared
   std::int64_t gradient_buffers = 0;
+  // Float32 copies of 16-bit gradients while a device (NCCL) group reduces
+  // them: the largest stage's gradient buffer in float32, on the
+  // communication stream during reduce_gradients (nccl_process_group.h).
+  std::int64_t collective_staging = 0;
   // An estimate of the activations one micro-batch keeps alive at its peak
   // (MultiStageModel::memory with a batch shape; 0 without one). Not in total():
   // the runtime's buffers are exact, this is a model of autograd's.
   std::int64_t activations = 0;
   bool activations_partly_unknown = false;  // some layer gave no estimate
   std::int64_t total() const {
-    return weight_shards + gradient_shards + optimizer_state + weight_buffers + gradient_buffers;
+    return weight_shards + gradient_shards + optimizer_state + weight_buffers + gradient_buffers +
+           collective_staging;
   }
   // "total 12.0 MiB: weight shards 4.0 MiB, ..." for logs.
   std::string describe() const;
