@@ -80,9 +80,11 @@ std::vector<OutputFile> split_into_files(const std::vector<OutputTensor>& tensor
 }
 
 // Gathers one checkpoint tensor, in block order, on every rank: each rank
-// fills the interval its shard owns and broadcasts it.
+// fills the interval its shard owns and broadcasts it. Returns it on the host,
+// in the stored order, on the writing rank only (`for_writer`); other ranks
+// get an undefined tensor, and no host copy of a device tensor is made there.
 at::Tensor gather_tensor(const OutputTensor& tensor, const std::vector<Fsdp*>& stages,
-                         ProcessGroup& group) {
+                         ProcessGroup& group, bool for_writer) {
   const auto& piece = *tensor.piece;
   const auto& stage = *stages[tensor.stage_index];
   const auto& layout = stage.layout();
@@ -105,6 +107,7 @@ at::Tensor gather_tensor(const OutputTensor& tensor, const std::vector<Fsdp*>& s
     }
     group.broadcast(span_of(gathered.narrow(0, block.begin, block.size())), rank);
   }
+  if (!for_writer) return {};
   gathered = gathered.cpu();
   if (!piece.transposed) return gathered;
   // Block order [..., P, Q] back to the stored [..., Q, P].
@@ -189,7 +192,7 @@ void export_hf_checkpoint(const fs::path& requested, const ConversionRules& rule
       });
     }
     for (const auto* tensor : files[f].order) {
-      const auto values = gather_tensor(*tensor, stages, group);
+      const auto values = gather_tensor(*tensor, stages, group, writer != nullptr);
       if (writer) {
         writing([&] { writer->append(values.data_ptr(), values.numel() * values.element_size()); });
       }
