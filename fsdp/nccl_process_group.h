@@ -53,6 +53,7 @@ struct DeviceAllocator {
   std::function<void*(std::size_t bytes, CUstream_st* stream)> allocate;
   std::function<void(void* pointer, CUstream_st* stream)> free;
 };
+
 class NcclProcessGroup final : public ProcessGroup {
  public:
   // Collective over `bootstrap`'s ranks: rank 0 creates NCCL's unique id and
@@ -135,7 +136,7 @@ class NcclProcessGroup final : public ProcessGroup {
   DeviceAllocator staging_allocator_;
   std::int64_t staging_bytes_ = 0;
   std::int64_t staging_high_water_ = 0;
-  // Last member: destroyed (its thread joined) first.
+  // Stopped first thing in the destructor: its thread polls the communicator.
   std::unique_ptr<CollectiveWatchdog> watchdog_;
 };
 
