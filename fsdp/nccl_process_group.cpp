@@ -74,6 +74,27 @@ ncclRedOp_t nccl_op(ReduceOp op) {
   throw std::invalid_argument("nccl process group: unknown reduce op");
 }
 
+// Polls a non-blocking communicator until it leaves ncclInProgress or
+// `deadline` passes; returns its last state (ncclInProgress: timed out).
+ncclResult_t wait_for_communicator(ncclComm_t communicator,
+                                   std::chrono::steady_clock::time_point deadline) {
+  while (true) {
+    ncclResult_t state = ncclInProgress;
+    check_nccl(ncclCommGetAsyncError(communicator, &state), communicator, "ncclCommGetAsyncError",
+               __FILE__, __LINE__);
+    if (state != ncclInProgress || std::chrono::steady_clock::now() > deadline) return state;
+    std::this_thread::yield();
+  }
+}
+
+// True once `event` has completed; throws CommunicationError when the device failed.
+bool event_completed(cudaEvent_t event) {
+  const cudaError_t status = cudaEventQuery(event);
+  if (status == cudaErrorNotReady) return false;
+  check_cuda(status, "cudaEventQuery", __FILE__, __LINE__);
+  return true;
+}
+
 // A CUDA event, shared by the work handle and the watchdog's probe (whichever
 // lets go last destroys it).
 using SharedEvent = std::shared_ptr<CUevent_st>;
@@ -123,9 +144,7 @@ class NcclWork final : public CollectiveWork {
   }
 
   bool is_completed() override {
-    const cudaError_t status = cudaEventQuery(done_.get());
-    if (status == cudaErrorNotReady) return false;
-    check_cuda(status, "cudaEventQuery", __FILE__, __LINE__);
+    if (!event_completed(done_.get())) return false;
     wait();
     return true;
   }
@@ -168,26 +187,17 @@ std::unique_ptr<NcclProcessGroup> NcclProcessGroup::create(MpiProcessGroup& boot
   ncclComm_t communicator = nullptr;
   check_nccl(ncclCommInitRankConfig(&communicator, bootstrap.size(), id, bootstrap.rank(), &config),
              communicator, "ncclCommInitRankConfig", __FILE__, __LINE__);
-  const auto deadline = std::chrono::steady_clock::now() + bootstrap.timeout();
-  while (true) {
-    ncclResult_t state = ncclInProgress;
-    check_nccl(ncclCommGetAsyncError(communicator, &state), communicator, "ncclCommGetAsyncError",
-               __FILE__, __LINE__);
-    if (state == ncclSuccess) break;
-    if (state != ncclInProgress) {
-      ncclCommAbort(communicator);
-      check_nccl(state, nullptr, "ncclCommInitRankConfig", __FILE__, __LINE__);
-    }
-    if (std::chrono::steady_clock::now() > deadline) {
-      ncclCommAbort(communicator);
-      throw CollectiveTimeoutError("joining the NCCL communicator on " +
-                                   bootstrap.rank_description() + " (GPU " +
-                                   std::to_string(cuda_device) + ") did not complete within " +
-                                   format_seconds(bootstrap.timeout()) +
-                                   ": a peer rank has probably failed or cannot reach this one");
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  const ncclResult_t state =
+      wait_for_communicator(communicator, std::chrono::steady_clock::now() + bootstrap.timeout());
+  if (state != ncclSuccess) ncclCommAbort(communicator);
+  if (state == ncclInProgress) {
+    throw CollectiveTimeoutError("joining the NCCL communicator on " +
+                                 bootstrap.rank_description() + " (GPU " +
+                                 std::to_string(cuda_device) + ") did not complete within " +
+                                 format_seconds(bootstrap.timeout()) +
+                                 ": a peer rank has probably failed or cannot reach this one");
   }
+  check_nccl(state, nullptr, "ncclCommInitRankConfig", __FILE__, __LINE__);
   char host[256] = "unknown-host";
   gethostname(host, sizeof(host) - 1);
   return std::unique_ptr<NcclProcessGroup>(new NcclProcessGroup(
@@ -241,28 +251,18 @@ void NcclProcessGroup::order_after_compute() {
 
 ProcessGroup::Work NcclProcessGroup::finish_enqueue(std::string description, bool host_blocking) {
   SharedEvent done = record_event(communication_stream_);
-  watchdog_->watch(description, timeout(), [done] {
-    const cudaError_t status = cudaEventQuery(done.get());
-    if (status == cudaErrorNotReady) return false;
-    check_cuda(status, "cudaEventQuery", __FILE__, __LINE__);
-    return true;
-  });
+  watchdog_->watch(description, timeout(), [done] { return event_completed(done.get()); });
   return std::make_unique<NcclWork>(*this, std::move(description), std::move(done), host_blocking);
 }
 
 void NcclProcessGroup::wait_while_in_progress(const char* call) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout();
-  while (true) {
-    ncclResult_t state = ncclInProgress;
-    FSDP_NCCL_CHECK(ncclCommGetAsyncError(communicator_, &state));
-    if (state == ncclSuccess) return;
-    if (state != ncclInProgress) check_nccl(state, communicator_, call, __FILE__, __LINE__);
-    if (std::chrono::steady_clock::now() > deadline) {
-      throw CollectiveTimeoutError(std::string(call) + " on " + rank_description() +
-                                   " was still being enqueued after " + format_seconds(timeout()));
-    }
-    std::this_thread::yield();
+  const ncclResult_t state =
+      wait_for_communicator(communicator_, std::chrono::steady_clock::now() + timeout());
+  if (state == ncclInProgress) {
+    throw CollectiveTimeoutError(std::string(call) + " on " + rank_description() +
+                                 " was still being enqueued after " + format_seconds(timeout()));
   }
+  check_nccl(state, communicator_, call, __FILE__, __LINE__);
 }
 
 void NcclProcessGroup::set_staging_allocator(DeviceAllocator allocator) {
@@ -280,10 +280,7 @@ NcclProcessGroup::StagingPointer NcclProcessGroup::allocate_staging(std::int64_t
     FSDP_CUDA_CHECK(
         cudaMallocAsync(&pointer, static_cast<std::size_t>(bytes), communication_stream_));
   }
-  staging_bytes_ += bytes;
-  staging_high_water_ = std::max(staging_high_water_, staging_bytes_);
-  return StagingPointer(static_cast<float*>(pointer), [this, bytes](float* staged) {
-    staging_bytes_ -= bytes;
+  return StagingPointer(static_cast<float*>(pointer), [this](float* staged) {
     if (staging_allocator_.free) {
       staging_allocator_.free(staged, communication_stream_);
     } else {

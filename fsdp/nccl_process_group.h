@@ -85,9 +85,8 @@ class NcclProcessGroup final : public ProcessGroup {
   CUstream_st* communication_stream() const { return communication_stream_; }
 
   // Where staging buffers come from (see above); unset members mean cudaMallocAsync.
+  // The memory report counts them from the layout (ModelMemory::collective_staging).
   void set_staging_allocator(DeviceAllocator allocator);
-  // The most staging memory held at once so far, in bytes (for memory reports).
-  std::int64_t staging_high_water_bytes() const { return staging_high_water_; }
 
   // Blocks the host until every collective issued so far has completed, at most
   // timeout(); throws CollectiveTimeoutError or CommunicationError (with NCCL's
@@ -134,8 +133,6 @@ class NcclProcessGroup final : public ProcessGroup {
   float* barrier_scratch_ = nullptr;  // one float on the device, all-reduced by barrier()
   bool aborted_ = false;
   DeviceAllocator staging_allocator_;
-  std::int64_t staging_bytes_ = 0;
-  std::int64_t staging_high_water_ = 0;
   // Stopped first thing in the destructor: its thread polls the communicator.
   std::unique_ptr<CollectiveWatchdog> watchdog_;
 };

@@ -99,7 +99,7 @@ class CheckpointReader {
   std::int64_t numel(const ParameterLocation& location) const;
   // The stage's layout at the checkpoint's world size.
   const FlatLayout& layout(std::size_t stage) const { return *layouts_.at(stage); }
-  // The torch type of the stage's shards (what read() returns).
+  // The element type of the stage's shards (read() returns tensors of it).
   ElementType shard_type(std::size_t stage) const;
 
   // Whether the checkpoint holds `array` (weights always do).
