@@ -37,6 +37,7 @@
 #include "fsdp/models/hf_config.h"
 #include "fsdp/models/hf_model_io.h"
 #include "fsdp/models/llama_conversion.h"
+#include "fsdp/stages/cross_entropy.h"
 #include "fsdp/stages/learning_rate_schedule.h"
 #include "fsdp/stages/multi_stage_model.h"
 #include "fsdp/stages/sharded_adamw.h"
@@ -93,8 +94,8 @@ std::vector<std::string> parameter_names(const models::LlamaConfig& config) {
 }
 
 at::Tensor next_token_loss(const at::Tensor& logits, const at::Tensor& targets) {
-  return at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}).to(at::kFloat),
-                                targets.reshape({-1}));
+  return stages::next_token_cross_entropy(logits.reshape({-1, logits.size(-1)}),
+                                          targets.reshape({-1}));
 }
 
 // ", 2 shared weight buffers, 1 shared gradient buffer" (nothing for per-stage buffers).

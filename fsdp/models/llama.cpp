@@ -191,22 +191,40 @@ class DecoderBlock final : public Layer {
     const std::int64_t h = config_.hidden;
     const std::int64_t query = config_.heads * head_size_;
     const std::int64_t key_value = kv_heads_ * head_size_;
-    std::int64_t per_token = 6 * h + 3 * (query + 2 * key_value) + query;
-    if (kv_heads_ != config_.heads) per_token += 2 * query;  // repeated keys and values
+    // The two parts (forward_part) counted apart: the attention, the MLP.
+    std::int64_t attention = 3 * h + 3 * (query + 2 * key_value) + query;
+    if (kv_heads_ != config_.heads) attention += 2 * query;  // repeated keys and values
     // The softmax and the scores (T per head and token), unless a fused kernel
     // keeps only a log-sum-exp per head and token.
-    per_token +=
+    attention +=
         FSDP_FUSED_ATTENTION && window_ == 0 ? config_.heads : 2 * config_.heads * sequence;
+    std::int64_t mlp = 3 * h;
     if (!moe_) {
-      per_token += 4 * config_.intermediate;
+      mlp += 4 * config_.intermediate;
     } else {
       const std::int64_t k = config_.experts_per_token;
-      per_token += 3 * config_.experts + k * (3 * h + 4 * config_.experts_intermediate());
+      mlp += 3 * config_.experts + k * (3 * h + 4 * config_.experts_intermediate());
     }
-    return {batch * sequence * per_token * element_size, batch * sequence * h * element_size};
+    const std::int64_t tokens_bytes = batch * sequence * element_size;
+    return {tokens_bytes * (attention + mlp), tokens_bytes * h,
+            tokens_bytes * std::max(attention, mlp)};
   }
 
-  at::Tensor forward(const at::Tensor& x) override {
+  at::Tensor forward(const at::Tensor& x) override { return mlp_part(attention_part(x)); }
+
+  // Part 0, the attention with its residual; part 1, the MLP (or the
+  // experts) with its residual. The MLP part sets the side outputs.
+  std::size_t forward_parts() const override { return 2; }
+  at::Tensor forward_part(std::size_t part, const at::Tensor& input) override {
+    if (part > 1) {
+      throw std::out_of_range(prefix_ + "forward_part: part " + std::to_string(part) +
+                              " of a block of 2 parts");
+    }
+    return part == 0 ? attention_part(input) : mlp_part(input);
+  }
+
+ private:
+  at::Tensor attention_part(const at::Tensor& x) {
     const std::int64_t batch = x.size(0);
     const std::int64_t sequence = x.size(1);
     if (sequence > config_.max_sequence) {
@@ -242,9 +260,10 @@ class DecoderBlock final : public Layer {
     const at::Tensor attended = attention(q, keys, values, tables.mask)
                                     .transpose(1, 2)
                                     .reshape({batch, sequence, query_width});
-    const at::Tensor after_attention =
-        x + at::linear(attended, get(Role::kOutputWeight), get(Role::kOutputBias));
+    return x + at::linear(attended, get(Role::kOutputWeight), get(Role::kOutputBias));
+  }
 
+  at::Tensor mlp_part(const at::Tensor& after_attention) {
     const at::Tensor normalized =
         rms_norm(after_attention, get(Role::kMlpNorm), config_.rms_epsilon);
     if (!moe_) {
@@ -254,7 +273,6 @@ class DecoderBlock final : public Layer {
     return after_attention + mixture_of_experts(normalized);
   }
 
- private:
   enum class Role {
     kAttentionNorm,
     kQkvWeight,

@@ -36,6 +36,9 @@ struct SideOutputs {
 struct ActivationBytes {
   std::int64_t saved = 0;   // tensors autograd keeps from forward to backward
   std::int64_t output = 0;  // the layer's output (the next layer's input)
+  // The largest share of `saved` that one of forward_part()'s parts keeps;
+  // 0 when the layer is one part (the share is then `saved`).
+  std::int64_t largest_part = 0;
 };
 
 class Layer {
@@ -52,6 +55,17 @@ class Layer {
   virtual void bind(std::vector<at::Tensor> parameters) = 0;
 
   virtual at::Tensor forward(const at::Tensor& input) = 0;
+  // The forward in `forward_parts()` consecutive parts, each a function of
+  // the previous part's output: forward_part(n - 1, ... forward_part(0, x))
+  // computes what forward(x) does, with the same operations in the same order
+  // (bitwise the same output and gradients). Activation checkpointing
+  // recomputes a layer part by part in its backward, so that only one part's
+  // graph is alive at a time (a decoder block: its attention, then its MLP).
+  // Side outputs are taken after every part. Default: one part, the forward.
+  virtual std::size_t forward_parts() const { return 1; }
+  virtual at::Tensor forward_part(std::size_t part, const at::Tensor& input) {
+    return forward(input);
+  }
 
   // Values that replace parameter `index`'s declared initialiser (index in
   // parameter_specs() order), or an undefined tensor to keep the initialiser.

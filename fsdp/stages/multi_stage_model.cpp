@@ -358,6 +358,39 @@ MultiStageModel::SegmentResult MultiStageModel::run_segment(Stage& stage, std::s
   return result;
 }
 
+at::Tensor MultiStageModel::recompute_backward(Stage& stage, std::size_t first, std::size_t end,
+                                               const at::Tensor& input, at::Tensor output_gradient,
+                                               Fsdp* prefetching, double auxiliary_weight) {
+  if (end - first != 1 || stage.layers[first]->forward_parts() == 1) {
+    const at::Tensor leaf = recompute_leaf(input);
+    const SegmentResult again = run_segment(stage, first, end, leaf, prefetching, /*record=*/false);
+    backward_segment(again.output, output_gradient, again.auxiliary_loss, auxiliary_weight);
+    return leaf.requires_grad() ? leaf.grad() : at::Tensor();
+  }
+  Layer* layer = stage.layers[first];
+  const std::size_t parts = layer->forward_parts();
+  std::vector<at::Tensor> part_inputs{input};
+  {
+    at::NoGradGuard no_graph;
+    for (std::size_t p = 0; p + 1 < parts; ++p) {
+      part_inputs.push_back(layer->forward_part(p, part_inputs.back()));
+      (void)layer->take_side_outputs();  // the first forward counted them
+      if (prefetching != nullptr) prefetching->progress();
+    }
+  }
+  at::Tensor gradient = std::move(output_gradient);
+  for (std::size_t p = parts; p-- > 0;) {
+    const at::Tensor leaf = recompute_leaf(part_inputs[p]);
+    const at::Tensor output = layer->forward_part(p, leaf);
+    const SideOutputs side = layer->take_side_outputs();
+    backward_segment(output, gradient, side.auxiliary_loss, auxiliary_weight);
+    gradient = leaf.requires_grad() ? leaf.grad() : at::Tensor();
+    part_inputs[p] = at::Tensor();
+    if (prefetching != nullptr) prefetching->progress();
+  }
+  return gradient;
+}
+
 std::vector<std::pair<std::size_t, std::size_t>> MultiStageModel::segments(
     const Stage& stage) const {
   const std::size_t count = stage.layers.size();
@@ -472,12 +505,12 @@ double MultiStageModel::forward_backward(const at::Tensor& input, const LossFunc
                                                               : at::Tensor();
       const auto ranges = segments(stage);
       for (std::size_t k = pass.segment_inputs.size(); k-- > 0;) {
-        const at::Tensor leaf = k == 0 ? pass.input : recompute_leaf(pass.segment_inputs[k]);
-        const SegmentResult again =
-            run_segment(stage, ranges[k].first, ranges[k].second, leaf,
-                        s > 0 ? prefetch_target(s - 1) : nullptr, /*record=*/false);
-        backward_segment(again.output, gradient, again.auxiliary_loss, auxiliary_weight);
-        gradient = leaf.requires_grad() ? leaf.grad() : at::Tensor();
+        // The first segment's input is the stage's leaf, whose gradient the
+        // stage before reads.
+        const at::Tensor input = k == 0 ? pass.input : pass.segment_inputs[k];
+        gradient =
+            recompute_backward(stage, ranges[k].first, ranges[k].second, input, std::move(gradient),
+                               s > 0 ? prefetch_target(s - 1) : nullptr, auxiliary_weight);
         pass.segment_inputs[k] = at::Tensor();
       }
     }
@@ -561,6 +594,9 @@ std::int64_t MultiStageModel::activation_estimate(std::int64_t rows, std::int64_
         // The segment's input: the previous layer's output.
         const std::size_t before = stage.first_layer + first;
         if (before > 0) kept += bytes[before - 1].output;
+        // A segment of one layer is recomputed part by part (recompute_backward).
+        const ActivationBytes& only = bytes[stage.first_layer + first];
+        if (end - first == 1 && only.largest_part > 0) graph = only.largest_part + only.output;
         working = std::max(working, graph);
       }
     }

@@ -43,7 +43,10 @@
 // stage's restore that ZeRO-3 does for the backward anyway, so recomputing
 // costs no extra all-gather. The recomputation is the same computation on the
 // same weights and inputs, so losses and gradients are bitwise those of the
-// run without checkpointing (tests/activation_checkpointing_test.cpp).
+// run without checkpointing (tests/activation_checkpointing_test.cpp). A
+// segment of one layer is recomputed part by part (Layer::forward_part: a
+// decoder block's attention, then its MLP), so the backward holds one part's
+// graph at a time, not the layer's.
 //
 // Auxiliary losses: after each layer's forward the model takes its side
 // outputs (Layer::take_side_outputs): an auxiliary loss (a router's
@@ -239,6 +242,18 @@ class MultiStageModel {
                             double auxiliary_weight = 1.0);
   // The [first, end) layer ranges that checkpointing keeps one input for.
   std::vector<std::pair<std::size_t, std::size_t>> segments(const Stage& stage) const;
+  // Checkpointing's backward of segment [first, end) from `input` (its kept
+  // input) and `output_gradient`: recomputed and differentiated, then the
+  // gradient of `input` returned (undefined when it has none). A segment of
+  // one layer goes part by part (Layer::forward_part): a forward without
+  // graph through all but the last part keeps each part's input, then each
+  // part, last first, runs again with its graph and is differentiated at
+  // once, so one part's graph is alive at a time, for one extra forward of
+  // all but the last part. A longer segment is recomputed whole: its
+  // parts would cost a whole extra forward of the segment.
+  at::Tensor recompute_backward(Stage& stage, std::size_t first, std::size_t end,
+                                const at::Tensor& input, at::Tensor output_gradient,
+                                Fsdp* prefetching, double auxiliary_weight);
   std::int64_t activation_estimate(std::int64_t rows, std::int64_t sequence,
                                    bool& partly_unknown) const;
   Fsdp* prefetch_target(std::size_t index);
