@@ -347,9 +347,16 @@ class DecoderBlock final : public Layer {
     }
     return at::scaled_dot_product_attention(q, keys, values, mask);
 #else
-    const at::Tensor scores =
-        at::matmul(q, keys.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_size_)) + mask;
-    return at::matmul(at::softmax(scores, -1), values);
+    // Scaled and masked in place, and dropped once the softmax has them: the
+    // same operations in the same order as `q k^T / sqrt(d) + mask`, with one
+    // batch x heads x T x T tensor alive at a time where that expression's
+    // temporaries were three (under checkpointing, one layer's attention sets
+    // the step's peak). matmul's backward needs its inputs, not its output.
+    at::Tensor scores = at::matmul(q, keys.transpose(-2, -1));
+    scores.div_(std::sqrt(static_cast<double>(head_size_))).add_(mask);
+    const at::Tensor weights = at::softmax(scores, -1);
+    scores.reset();
+    return at::matmul(weights, values);
 #endif
   }
 
