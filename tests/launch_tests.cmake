@@ -42,6 +42,10 @@ fsdp_add_program_test(train_stacked_prefetch_np2 EXIT 0 TIMEOUT 240
                       COMMAND ${FSDP_MPIRUN} -np 2 ${train} --model stacked --steps 3 --no-checkpoint
                               --prefetch --shared-weight-buffers 2 --shared-gradient-buffers 2 --micro-batches 2
                       OUTPUT "stacked layers.*prefetch.*2 micro-batch.*done: steps 1-3")
+fsdp_add_program_test(train_checkpointing_no_heap_trim_np2 EXIT 0 TIMEOUT 240
+                      COMMAND ${FSDP_MPIRUN} -np 2 ${train} --model dense --steps 3 --no-checkpoint
+                              --activation-checkpointing layers --no-heap-trim
+                      OUTPUT "ZeRO-3.*no heap trim, activation checkpointing layers.*done: steps 1-3")
 
 # Options: help once, bad values once with exit status 2, on every world size.
 fsdp_add_program_test(train_help EXIT 0 COMMAND ${FSDP_MPIRUN} -np 2 ${train} --help

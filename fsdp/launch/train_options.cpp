@@ -298,7 +298,10 @@ po::options_description train_options_description() {
       "activation-checkpointing", po::value<std::string>()->default_value("none"),
       "what the forward keeps for the backward: none (every graph), stages (each stage's "
       "input; the stage is recomputed before its backward), layers (each layer's input; at "
-      "most one layer's graph is alive). Same losses, less memory, one more forward");
+      "most one layer's graph is alive). Same losses, less memory, one more forward")(
+      "no-heap-trim", po::bool_switch(),
+      "keep the C heap's free pages instead of handing them back before the backward (and, "
+      "with checkpointing, before each stage's recomputation): a little faster, more memory");
 
   po::options_description io("Checkpoints and output");
   io.add_options()("checkpoint-dir",
@@ -425,6 +428,7 @@ TrainOptions train_options_from(const po::variables_map& values, int world_size)
            "shared gradient buffers need --zero-stage 2 or 3");
   }
   options.prefetch = values["prefetch"].as<bool>();
+  options.trim_heap = !values["no-heap-trim"].as<bool>();
   options.activation_checkpointing = values["activation-checkpointing"].as<std::string>();
   try {
     stages::parse_activation_checkpointing(options.activation_checkpointing);

@@ -69,6 +69,7 @@ struct TrainOptions {
   bool prefetch = false;
   // stages::ActivationCheckpointing by name: none, stages or layers.
   std::string activation_checkpointing = "none";
+  bool trim_heap = true;  // stages::MultiStageOptions::trim_heap
 
   // Checkpoints and I/O.
   std::string checkpoint_dir;              // empty: no checkpoints

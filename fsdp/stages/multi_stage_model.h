@@ -113,6 +113,12 @@ struct MultiStageOptions {
   int shared_gradient_buffers = kAutomaticBuffers;
   bool prefetch = false;
   ActivationCheckpointing activation_checkpointing = ActivationCheckpointing::kNone;
+  // Host memory: hand the C heap's free pages back to the system
+  // (malloc_trim) before each phase that may set a step's peak: the start of
+  // the backward, and under checkpointing each stage's recomputation. Note
+  // [Heap trim] in multi_stage_model.cpp says why and what it costs. Off: a
+  // harness that manages its process's heap itself.
+  bool trim_heap = true;
   FsdpOptions fsdp;
 };
 
@@ -232,6 +238,8 @@ class MultiStageModel {
   };
 
   void build_stages(const std::shared_ptr<ProcessGroup>& group);
+  // Note [Heap trim]; a no-op where it does not apply.
+  void trim_heap() const;
   void restore(Stage& stage);
   void prefetch(std::size_t index);
   // `prefetching`: a stage whose restore may be in flight, advanced between
@@ -264,6 +272,7 @@ class MultiStageModel {
   std::vector<std::shared_ptr<StageBuffer>> shared_weight_buffers_;
   std::vector<std::shared_ptr<StageBuffer>> shared_gradient_buffers_;
   MultiStageOptions options_;
+  bool host_memory_ = false;  // the group computes in host memory (Note [Heap trim])
   // ZeRO-2/3: zero_gradients() zeroed the gradient shards and no micro-batch
   // has reduced into them since.
   bool gradient_shards_zero_ = false;
