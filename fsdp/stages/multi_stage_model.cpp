@@ -1,15 +1,18 @@
 #include "fsdp/stages/multi_stage_model.h"
 
-#include <malloc.h>
-
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/autograd.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>  // defines __GLIBC__ where glibc is the C library
 #include <map>
 #include <stdexcept>
 #include <utility>
+
+#if defined(__GLIBC__)
+#include <malloc.h>  // malloc_trim
+#endif
 
 #include "fsdp/stages/sharded_adamw.h"
 
