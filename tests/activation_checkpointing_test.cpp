@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
+#include <c10/util/intrusive_ptr.h>
 #include <torch/csrc/autograd/function.h>
 
 #include <malloc.h>
@@ -20,6 +21,8 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <type_traits>
+#include <utility>
 
 #include "fsdp/launch/process_memory.h"
 #include "fsdp/models/llama.h"
@@ -317,14 +320,33 @@ TEST(ActivationCheckpointing, StepPeakMemoryFallsAndTheEstimateHolds) {
   }
 }
 
+// A weak reference to a graph node: Tensor::grad_fn() is a std::shared_ptr
+// in libtorch 1.x and a c10::intrusive_ptr in 2.x.
+template <typename Strong>
+struct WeakNode;
+template <typename T>
+struct WeakNode<std::shared_ptr<T>> {
+  explicit WeakNode(const std::shared_ptr<T>& node) : weak(node) {}
+  bool expired() const { return weak.expired(); }
+  std::weak_ptr<T> weak;
+};
+template <typename T, typename NullType>
+struct WeakNode<c10::intrusive_ptr<T, NullType>> {
+  explicit WeakNode(const c10::intrusive_ptr<T, NullType>& node) : weak(node) {}
+  bool expired() const { return weak.expired(); }
+  c10::weak_intrusive_ptr<T, NullType> weak;
+};
+using GraphReference =
+    WeakNode<std::decay_t<decltype(std::declval<const at::Tensor&>().grad_fn())>>;
+
 // A layer of two parts (Layer::forward_part) that notes, each time a part
 // runs with autograd, how many graphs of its parts were still alive, through
 // weak references to the parts' output nodes. `parts` 1 declares the same
 // computation as one part.
 class TwoPartLayer final : public Layer {
  public:
-  TwoPartLayer(std::string name, std::size_t parts,
-               std::vector<std::weak_ptr<torch::autograd::Node>>& graphs, std::size_t& most_alive)
+  TwoPartLayer(std::string name, std::size_t parts, std::vector<GraphReference>& graphs,
+               std::size_t& most_alive)
       : name_(std::move(name)), parts_(parts), graphs_(graphs), most_alive_(most_alive) {}
   std::vector<ParameterSpec> parameter_specs() const override {
     return {{name_, {4}, ElementType::kFloat32, ParameterInit::uniform(0.5, 1.5)}};
@@ -340,7 +362,7 @@ class TwoPartLayer final : public Layer {
       std::size_t alive = 0;
       for (const auto& graph : graphs_) alive += graph.expired() ? 0 : 1;
       most_alive_ = std::max(most_alive_, alive);
-      graphs_.push_back(output.grad_fn());
+      graphs_.emplace_back(output.grad_fn());
     }
     return output;
   }
@@ -349,7 +371,7 @@ class TwoPartLayer final : public Layer {
   std::string name_;
   std::size_t parts_;
   at::Tensor weight_;
-  std::vector<std::weak_ptr<torch::autograd::Node>>& graphs_;
+  std::vector<GraphReference>& graphs_;
   std::size_t& most_alive_;
 };
 
@@ -372,7 +394,7 @@ TEST(ActivationCheckpointing, LayersOfPartsRecomputeOnePartAtATime) {
   };
   auto run = [](ActivationCheckpointing mode, std::size_t parts) {
     Result result;
-    std::vector<std::weak_ptr<torch::autograd::Node>> graphs;
+    std::vector<GraphReference> graphs;
     std::vector<std::unique_ptr<Layer>> layers;
     for (int l = 0; l < 3; ++l) {
       layers.push_back(std::make_unique<TwoPartLayer>("layer." + std::to_string(l), parts, graphs,
