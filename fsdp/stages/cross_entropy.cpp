@@ -11,12 +11,10 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-std::string shape_text(const at::Tensor& tensor) {
-  std::string text = "[";
-  for (std::int64_t d = 0; d < tensor.dim(); ++d) {
-    text += (d ? ", " : "") + std::to_string(tensor.size(d));
-  }
-  return text + "]";
+// "[6, 9] Long", for messages.
+std::string describe(const at::Tensor& tensor) {
+  return tensor.defined() ? c10::str(tensor.sizes(), " ", tensor.scalar_type())
+                          : std::string("an undefined tensor");
 }
 
 void check_inputs(const at::Tensor& logits, const at::Tensor& targets, std::int64_t ignore_index) {
@@ -24,18 +22,13 @@ void check_inputs(const at::Tensor& logits, const at::Tensor& targets, std::int6
   if (!logits.defined() || logits.dim() != 2 || !at::isFloatingType(logits.scalar_type())) {
     throw std::invalid_argument(
         where + "expected logits of shape [rows, vocabulary] and a floating type, found " +
-        (logits.defined()
-             ? shape_text(logits) + " " + std::string(c10::toString(logits.scalar_type()))
-             : std::string("an undefined tensor")));
+        describe(logits));
   }
   if (!targets.defined() || targets.scalar_type() != at::kLong || targets.dim() != 1 ||
       targets.size(0) != logits.size(0)) {
-    throw std::invalid_argument(
-        where + "expected int64 targets of shape [" + std::to_string(logits.size(0)) +
-        "] (one per row of the logits), found " +
-        (targets.defined()
-             ? shape_text(targets) + " " + std::string(c10::toString(targets.scalar_type()))
-             : std::string("an undefined tensor")));
+    throw std::invalid_argument(where + "expected int64 targets of shape [" +
+                                std::to_string(logits.size(0)) +
+                                "] (one per row of the logits), found " + describe(targets));
   }
   const std::int64_t vocabulary = logits.size(1);
   const at::Tensor outside = (targets.lt(0) | targets.ge(vocabulary)) & targets.ne(ignore_index);

@@ -376,9 +376,10 @@ MultiStageModel::SegmentResult MultiStageModel::run_segment(Stage& stage, std::s
 // forward's temporaries are holes by then), and, under checkpointing, before
 // each stage's recomputation, where that mode's peaks are. Measured there:
 // peak resident set -3% without checkpointing at no cost in tokens/s, -5%
-// with it for about -4% tokens/s. Before every stage without checkpointing
-// it would cost 20%: the freed activations would be faulted in again by the
-// next forward. Device groups skip it: their tensors are not in the heap.
+// with it for 4-10% of tokens/s (single runs and the interleaved bench
+// disagree). Before every stage without checkpointing it cost 21%: the
+// freed activations are faulted in again by the next forward. Device groups skip it: their tensors
+// are not in the heap.
 void MultiStageModel::trim_heap() const {
 #if defined(__GLIBC__)
   if (options_.trim_heap && host_memory_) malloc_trim(0);
