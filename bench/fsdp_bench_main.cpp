@@ -215,13 +215,22 @@ int run(fsdp::launch::Runtime& runtime, const po::variables_map& values) {
                                {"ranks", runtime.world_size()},
                                {"zero_stage", options.zero_stage},
                                {"tokens_per_second", result.tokens_per_second},
-                               {"exposed_ms", result.exposed_milliseconds},
-                               {"ratio", result.ratio()}};
+                               {"exposed_ms", result.exposed_milliseconds}};
         if (single) {
           line["plain_tokens_per_second"] = result.plain_tokens_per_second;
+          line["ratio"] = result.ratio();
         } else {
-          line["prefetch_tokens_per_second"] = result.prefetch_tokens_per_second;
-          line["prefetch_exposed_ms"] = result.prefetch_exposed_milliseconds;
+          nlohmann::json rows = nlohmann::json::array();
+          for (const auto& row : result.rows) {
+            rows.push_back({{"prefetch", row.prefetch},
+                            {"asynchronous_reduction", row.asynchronous_reduction},
+                            {"tokens_per_second", row.tokens_per_second},
+                            {"exposed_ms", row.exposed_milliseconds},
+                            {"ratio", result.ratio(row)}});
+          }
+          line["rows"] = rows;
+          line["ratio"] = result.ratio(result.rows.back());
+          line["bitwise_equal"] = result.rows_bitwise_equal;
         }
         std::cout << line.dump() << std::endl;
       } else {
@@ -231,7 +240,7 @@ int run(fsdp::launch::Runtime& runtime, const po::variables_map& values) {
             static_cast<long long>(options.hidden), static_cast<long long>(options.layers),
             static_cast<long long>(options.batch), static_cast<long long>(options.sequence),
             options.zero_stage,
-            options.zero_stage == 3 ? " (default shared buffers: 2 weight, 1 gradient)" : "",
+            options.zero_stage == 3 ? " (the library's default shared buffers)" : "",
             runtime.world_size());
         if (single) {
           std::printf(
@@ -240,12 +249,15 @@ int run(fsdp::launch::Runtime& runtime, const po::variables_map& values) {
               result.tokens_per_second, result.exposed_milliseconds, result.plain_tokens_per_second,
               result.ratio());
         } else {
-          std::printf(
-              "prefetch off %.0f tokens/s (exposed %.2f ms), prefetch on %.0f tokens/s "
-              "(exposed %.2f ms), on/off %.3f\n",
-              result.tokens_per_second, result.exposed_milliseconds,
-              result.prefetch_tokens_per_second, result.prefetch_exposed_milliseconds,
-              result.ratio());
+          for (const auto& row : result.rows) {
+            std::printf(
+                "prefetch %-3s asynchronous reduction %-3s %.0f tokens/s (exposed %.2f ms), "
+                "ratio to the first row %.3f\n",
+                row.prefetch ? "on" : "off", row.asynchronous_reduction ? "on" : "off",
+                row.tokens_per_second, row.exposed_milliseconds, result.ratio(row));
+          }
+          std::printf("losses and gradient norms bitwise equal across rows: %s\n",
+                      result.rows_bitwise_equal ? "yes" : "NO");
         }
       }
       continue;

@@ -94,25 +94,44 @@ StepBenchResult run_step_bench(launch::Runtime& runtime, const StepBenchOptions&
     return result;
   }
 
-  stages::MultiStageOptions prefetch_options = bench_model_options(options.zero_stage);
-  prefetch_options.prefetch = true;
-  BenchTrainee prefetching(config, runtime, prefetch_options, 1e-3);
-  std::vector<double> off_times, on_times, off_exposed, on_exposed;
-  for (int i = 0; i < options.iterations + 1; ++i) {
-    const double a = timed([&] { ours.step(local_inputs, local_targets); });
-    const double ea = exposed(*ours.model);
-    const double b = timed([&] { prefetching.step(local_inputs, local_targets); });
-    const double eb = exposed(*prefetching.model);
-    if (i == 0) continue;
-    off_times.push_back(a);
-    off_exposed.push_back(ea);
-    on_times.push_back(b);
-    on_exposed.push_back(eb);
+  // Four trainees from the same weights; a step of each in turn, so every
+  // configuration sees the same minutes of a noisy machine.
+  std::vector<std::unique_ptr<BenchTrainee>> trainees;
+  for (const bool asynchronous : {false, true}) {
+    for (const bool prefetch : {false, true}) {
+      stages::MultiStageOptions model_options = bench_model_options(options.zero_stage);
+      model_options.prefetch = prefetch;
+      model_options.asynchronous_reduction = asynchronous && options.zero_stage >= 2;
+      if (!prefetch && !asynchronous) {
+        trainees.push_back(nullptr);  // `ours`, made above
+      } else if (!asynchronous || options.zero_stage >= 2) {
+        trainees.push_back(std::make_unique<BenchTrainee>(config, runtime, model_options, 1e-3));
+      } else {
+        continue;  // ZeRO-1 reduces once, after the backward: nothing to make asynchronous
+      }
+      result.rows.push_back({prefetch, model_options.asynchronous_reduction, 0, 0});
+    }
   }
-  result.tokens_per_second = tokens_per_step / median(off_times);
-  result.prefetch_tokens_per_second = tokens_per_step / median(on_times);
-  result.exposed_milliseconds = median(off_exposed);
-  result.prefetch_exposed_milliseconds = median(on_exposed);
+  auto trainee = [&](std::size_t r) -> BenchTrainee& { return r == 0 ? ours : *trainees[r]; };
+  std::vector<std::vector<double>> times(result.rows.size()), exposures(result.rows.size());
+  for (int i = 0; i < options.iterations + 1; ++i) {  // the first round warms up
+    for (std::size_t r = 0; r < result.rows.size(); ++r) {
+      BenchTrainee& t = trainee(r);
+      const double seconds = timed([&] { t.step(local_inputs, local_targets); });
+      const double exposed_ms = exposed(*t.model);
+      if (i == 0) continue;
+      times[r].push_back(seconds);
+      exposures[r].push_back(exposed_ms);
+    }
+  }
+  for (std::size_t r = 0; r < result.rows.size(); ++r) {
+    result.rows[r].tokens_per_second = tokens_per_step / median(times[r]);
+    result.rows[r].exposed_milliseconds = median(exposures[r]);
+    result.rows_bitwise_equal = result.rows_bitwise_equal && trainee(r).losses == ours.losses &&
+                                trainee(r).norms == ours.norms;
+  }
+  result.tokens_per_second = result.rows.front().tokens_per_second;
+  result.exposed_milliseconds = result.rows.front().exposed_milliseconds;
   return result;
 }
 

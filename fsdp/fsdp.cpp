@@ -224,6 +224,9 @@ void Fsdp::progress() {
     with_stage_context(stage_name_, "restore_parameters",
                        [&] { pending_restore_->is_completed(); });
   }
+  if (pending_reduce_) {
+    with_stage_context(stage_name_, "reduce_gradients", [&] { pending_reduce_->is_completed(); });
+  }
 }
 
 bool Fsdp::may_begin_restore() const {
@@ -268,13 +271,23 @@ at::Tensor Fsdp::parameter(std::string_view name) const {
 }
 
 void Fsdp::zero_gradient_buffer() {
+  finish_reduce_gradients();
   gradient_storage_->claim(stage_name_);  // Note [Buffer ordering]
   gradient_buffer_.variable_data().zero_();
 }
 
-void Fsdp::zero_gradient_shard() { gradient_shard_.variable_data().zero_(); }
+void Fsdp::zero_gradient_shard() {
+  finish_reduce_gradients();
+  gradient_shard_.variable_data().zero_();
+}
 
 void Fsdp::reduce_gradients(GradientReduction reduction, GradientUpdate update) {
+  begin_reduce_gradients(reduction, update);
+  finish_reduce_gradients();
+}
+
+void Fsdp::begin_reduce_gradients(GradientReduction reduction, GradientUpdate update) {
+  finish_reduce_gradients();  // the same stage again (the next micro-batch)
   if (!gradient_storage_->may_claim(stage_name_)) {
     throw std::logic_error("stage '" + stage_name_ + "': reduce_gradients() found its shared " +
                            gradient_storage_->name() + " held by stage '" +
@@ -293,24 +306,46 @@ void Fsdp::reduce_gradients(GradientReduction reduction, GradientUpdate update) 
       update == GradientUpdate::kOverwrite && (options_.shard_dtype == options_.compute_dtype ||
                                                (is_half_precision(options_.compute_dtype) &&
                                                 options_.shard_dtype == ElementType::kFloat32));
-  with_stage_context(stage_name_, "reduce_gradients", [&] {
-    if (direct_output) {
-      group_->reduce_scatter(span_of(input), span_of(shard), op);
-      return;
-    }
+  at::Tensor output = shard;
+  if (!direct_output) {
     const c10::ScalarType reduced_dtype = is_half_precision(options_.compute_dtype)
                                               ? c10::ScalarType::Float
                                               : scalar_type_of(options_.compute_dtype);
-    at::Tensor reduced = at::empty({layout_.shard_numel()}, shard.options().dtype(reduced_dtype));
-    group_->reduce_scatter(span_of(input), span_of(reduced), op);
-    if (update == GradientUpdate::kAccumulate) {
-      shard.add_(reduced);
-    } else {
-      shard.copy_(reduced);
+    output = at::empty({layout_.shard_numel()}, shard.options().dtype(reduced_dtype));
+    pending_reduce_output_ = output;
+  }
+  // The claim covers the collective: the buffer is its input until finished.
+  gradient_storage_->claim(stage_name_);
+  with_stage_context(stage_name_, "reduce_gradients", [&] {
+    pending_reduce_ = group_->reduce_scatter_async(span_of(input), span_of(output), op);
+  });
+  pending_reduce_update_ = update;
+  pending_reduce_seconds_ = seconds_since(start);
+}
+
+void Fsdp::finish_reduce_gradients() {
+  if (!pending_reduce_) return;
+  const auto start = std::chrono::steady_clock::now();
+  with_stage_context(stage_name_, "reduce_gradients", [&] {
+    pending_reduce_->wait();
+    if (pending_reduce_output_.defined()) {
+      const at::Tensor shard = gradient_shard_.variable_data();
+      if (pending_reduce_update_ == GradientUpdate::kAccumulate) {
+        shard.add_(pending_reduce_output_);
+      } else {
+        shard.copy_(pending_reduce_output_);
+      }
     }
   });
+  pending_reduce_.reset();
+  pending_reduce_output_ = at::Tensor();
   gradient_storage_->give_up(stage_name_);
-  statistics_.reduce_seconds += seconds_since(start);
+  statistics_.reduce_seconds += pending_reduce_seconds_ + seconds_since(start);
+  pending_reduce_seconds_ = 0;
+}
+
+bool Fsdp::may_claim_gradient_buffer() const {
+  return !pending_reduce_ && gradient_storage_->may_claim(stage_name_);
 }
 
 }  // namespace fsdp

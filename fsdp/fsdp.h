@@ -18,8 +18,9 @@
 // which reads the shards.
 //
 // Thread-safety: none; a stage is driven by one thread.
-// Collectives: restore_parameters(), begin_restore() and reduce_gradients() are collective over
-// the stage's group (every rank calls them, in the same order).
+// Collectives: restore_parameters(), begin_restore(), reduce_gradients() and
+// begin_reduce_gradients() are collective over the stage's group (every rank
+// calls them, in the same order).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -89,7 +90,7 @@ struct CommunicationStatistics {
   std::int64_t restores = 0;             // all-gathers started
   std::int64_t prefetched_restores = 0;  // of which started ahead of use (begin_restore)
   double restore_seconds = 0;            // host time in restore_parameters() (wait included)
-  double reduce_seconds = 0;             // host time in reduce_gradients()
+  double reduce_seconds = 0;             // host time in reduce_gradients() (both halves)
   double exposed_seconds() const { return restore_seconds + reduce_seconds; }
 };
 
@@ -176,7 +177,7 @@ class Fsdp {
   void begin_restore();
   bool is_restored() const { return restored_; }
   bool restore_in_flight() const { return pending_restore_ != nullptr; }
-  // Lets a restore in flight advance without waiting for it (an MPI
+  // Lets a restore or a gradient reduction in flight advance without waiting for it (an MPI
   // collective moves only while its rank is inside MPI; Note [MPI progress]).
   // Cheap; never blocks on peers. Call it from the computation it overlaps.
   void progress();
@@ -215,6 +216,22 @@ class Fsdp {
   // held by another stage (these gradients were overwritten).
   void reduce_gradients(GradientReduction reduction = GradientReduction::kAverage,
                         GradientUpdate update = GradientUpdate::kOverwrite);
+  // reduce_gradients() in two halves, so that the reduce-scatter runs while
+  // the caller computes (the previous stage's backward): begin starts it and
+  // keeps the gradient buffer claimed -- the collective still reads it -- and
+  // finish waits for it, adds an accumulated result into the shard, and gives
+  // the buffer up. Until finished, the gradient shard does not hold the
+  // result: everything that reads or writes the shard or the buffer here
+  // (zero_gradient_buffer, zero_gradient_shard, a second begin) finishes it
+  // first. progress() advances it. finish does nothing when none is in
+  // flight. Collective (begin); the same errors as reduce_gradients().
+  void begin_reduce_gradients(GradientReduction reduction = GradientReduction::kAverage,
+                              GradientUpdate update = GradientUpdate::kOverwrite);
+  void finish_reduce_gradients();
+  bool reduce_in_flight() const { return pending_reduce_ != nullptr; }
+  // Whether zero_gradient_buffer() could claim the gradient buffer now (a
+  // shared buffer may be held by another stage, or by its reduction in flight).
+  bool may_claim_gradient_buffer() const;
 
   const CommunicationStatistics& communication_statistics() const { return statistics_; }
   void reset_communication_statistics() { statistics_ = {}; }
@@ -232,6 +249,13 @@ class Fsdp {
   at::Tensor gradient_buffer_;  // of gradient_storage_
   std::vector<at::Tensor> parameter_views_;
   ProcessGroup::Work pending_restore_;  // the all-gather begin_restore() started
+  // The reduce-scatter begin_reduce_gradients() started; its float32 or
+  // accumulation temporary (undefined when it writes the shard directly),
+  // how the result enters the shard, and its host time so far.
+  at::Tensor pending_reduce_output_;  // declared first: the work, destroyed first, waits
+  ProcessGroup::Work pending_reduce_;
+  GradientUpdate pending_reduce_update_ = GradientUpdate::kOverwrite;
+  double pending_reduce_seconds_ = 0;
   bool shares_weight_buffer_ = false;
   bool shares_gradient_buffer_ = false;
   bool shard_aliases_buffer_ = false;

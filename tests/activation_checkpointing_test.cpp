@@ -30,164 +30,12 @@
 #include "fsdp/stages/multi_stage_model.h"
 #include "fsdp/stages/sharded_adamw.h"
 #include "mpi_test_environment.h"
+#include "training_trace.h"
 
 namespace fsdp::stages {
 namespace {
 
-constexpr std::int64_t kGlobalBatch = 12;  // divisible by 1, 2, 3 and 4
-constexpr std::int64_t kSequence = 8;
-constexpr int kSteps = 6;
-
-// The real group, counting the collectives started through it.
-class CountingGroup final : public ProcessGroup {
- public:
-  explicit CountingGroup(std::shared_ptr<ProcessGroup> inner)
-      : ProcessGroup(inner->rank(), inner->size(), "counted", inner->timeout()),
-        inner_(std::move(inner)) {}
-  std::string_view backend_name() const override { return inner_->backend_name(); }
-  MemoryLocation memory_location() const override { return inner_->memory_location(); }
-  [[noreturn]] void abort_job(std::string_view message) override {
-    inner_->abort_job(message);
-    std::abort();  // not reached: the inner group ends the job
-  }
-  std::int64_t all_gathers = 0, reduce_scatters = 0, all_reduces = 0, others = 0;
-
- protected:
-  Work start_all_gather_in_place(TensorSpan buffer, std::string) override {
-    ++all_gathers;
-    return inner_->all_gather_in_place_async(buffer);
-  }
-  Work start_reduce_scatter(TensorSpan input, TensorSpan output, ReduceOp op,
-                            std::string) override {
-    ++reduce_scatters;
-    return inner_->reduce_scatter_async(input, output, op);
-  }
-  Work start_all_reduce(TensorSpan buffer, ReduceOp op, std::string) override {
-    ++all_reduces;
-    return inner_->all_reduce_async(buffer, op);
-  }
-  Work start_broadcast(TensorSpan buffer, int root, std::string) override {
-    ++others;
-    return inner_->broadcast_async(buffer, root);
-  }
-  Work start_barrier(std::string) override {
-    ++others;
-    return inner_->barrier_async();
-  }
-
- private:
-  std::shared_ptr<ProcessGroup> inner_;
-};
-
-struct Case {
-  int zero_stage = 3;
-  bool prefetch = false;
-  int layers_per_stage = 1;
-  std::int64_t micro_batches = 1;
-  std::int64_t experts = 0;
-  bool tied = false;
-  bool stacked = false;
-  int shared_buffers = 0;  // weight and gradient buffers (ZeRO-3)
-  bool bfloat16 = false;
-
-  std::string describe() const {
-    return "zero " + std::to_string(zero_stage) + ", prefetch " + std::to_string(prefetch) +
-           ", layers per stage " + std::to_string(layers_per_stage) + ", micro-batches " +
-           std::to_string(micro_batches) + ", experts " + std::to_string(experts) + ", tied " +
-           std::to_string(tied) + ", stacked " + std::to_string(stacked) + ", shared buffers " +
-           std::to_string(shared_buffers) + ", bfloat16 " + std::to_string(bfloat16);
-  }
-};
-
-models::LlamaConfig config_for(const Case& c) {
-  models::LlamaConfig config;
-  config.vocabulary = 32;
-  config.hidden = 16;
-  config.heads = 2;
-  config.kv_heads = 1;
-  config.intermediate = 32;
-  config.layers = 3;
-  config.max_sequence = kSequence;
-  config.experts = c.experts;
-  config.experts_per_token = 2;
-  config.router_aux_loss_coefficient = c.experts > 0 ? 0.05 : 0;
-  config.router_z_loss_coefficient = c.experts > 0 ? 0.01 : 0;
-  config.tie_embeddings = c.tied;
-  config.stacked_layers = c.stacked;
-  return config;
-}
-
-// What a run shows, step by step, and where it ends.
-struct Trace {
-  std::vector<double> losses, auxiliary_losses, gradient_norms;
-  std::vector<at::Tensor> expert_tokens;  // per step, every routing layer concatenated
-  std::vector<at::Tensor> final_shards;
-  std::int64_t all_gathers = 0, reduce_scatters = 0, all_reduces = 0;
-  std::int64_t activation_estimate = 0;
-};
-
-Trace train(const Case& c, ActivationCheckpointing mode) {
-  auto counting = std::make_shared<CountingGroup>(testing::runtime().process_group());
-  MultiStageOptions options;
-  options.zero_stage = c.zero_stage;
-  options.prefetch = c.prefetch;
-  options.layers_per_stage = c.layers_per_stage;
-  options.shared_weight_buffers = c.shared_buffers;
-  options.shared_gradient_buffers = c.shared_buffers;
-  options.activation_checkpointing = mode;
-  options.fsdp.alignment = 8;
-  if (c.bfloat16) options.fsdp.compute_dtype = ElementType::kBFloat16;
-  const models::LlamaConfig config = config_for(c);
-  MultiStageModel model(models::build_llama_layers(config), counting, options);
-  model.initialize_weights(7);
-  ShardedAdamWOptions adam;
-  adam.max_gradient_norm = 1.0;
-  ShardedAdamW optimizer(model.stages(), adam);
-
-  const std::int64_t local = kGlobalBatch / counting->size();
-  const std::int64_t rows = local / c.micro_batches;
-  Trace trace;
-  trace.activation_estimate = model.memory(&optimizer, rows, kSequence).activations;
-  for (int step = 1; step <= kSteps; ++step) {
-    // Deterministic tokens that differ from step to step.
-    const at::Tensor tokens =
-        (at::arange(kGlobalBatch * (kSequence + 1), at::kLong).view({kGlobalBatch, -1}) *
-             (step + 2) +
-         step)
-            .remainder(config.vocabulary);
-    model.zero_gradients();
-    double loss = 0;
-    for (std::int64_t micro = 0; micro < c.micro_batches; ++micro) {
-      const at::Tensor rows_tokens =
-          tokens.narrow(0, counting->rank() * local + micro * rows, rows);
-      const at::Tensor targets = rows_tokens.narrow(1, 1, kSequence);
-      const double share = 1.0 / static_cast<double>(c.micro_batches);
-      loss += model.forward_backward(
-          rows_tokens.narrow(1, 0, kSequence),
-          [&](const at::Tensor& logits) {
-            return at::cross_entropy_loss(logits.reshape({-1, config.vocabulary}).to(at::kFloat),
-                                          targets.reshape({-1})) *
-                   share;
-          },
-          share);
-    }
-    model.reduce_gradients();
-    const AuxiliaryTotals auxiliary = model.take_auxiliary_totals();
-    trace.losses.push_back(loss);
-    trace.auxiliary_losses.push_back(auxiliary.loss);
-    std::vector<at::Tensor> counts;
-    for (const auto& [layer, tokens_per_expert] : auxiliary.expert_tokens) {
-      counts.push_back(tokens_per_expert.reshape({-1}));
-    }
-    trace.expert_tokens.push_back(counts.empty() ? at::Tensor() : at::cat(counts));
-    trace.gradient_norms.push_back(optimizer.step(1e-2));
-  }
-  for (Fsdp* stage : model.stages()) trace.final_shards.push_back(stage->weight_shard().clone());
-  trace.all_gathers = counting->all_gathers;
-  trace.reduce_scatters = counting->reduce_scatters;
-  trace.all_reduces = counting->all_reduces;
-  return trace;
-}
+using namespace testing_trace;
 
 void expect_same_run(const Case& c) {
   SCOPED_TRACE(c.describe());
@@ -195,26 +43,8 @@ void expect_same_run(const Case& c) {
   for (auto mode : {ActivationCheckpointing::kStages, ActivationCheckpointing::kLayers}) {
     SCOPED_TRACE(std::string("checkpointing ") + activation_checkpointing_name(mode));
     const Trace checkpointed = train(c, mode);
-    for (int step = 0; step < kSteps; ++step) {
-      // Bitwise: EXPECT_EQ on doubles, not EXPECT_NEAR.
-      EXPECT_EQ(checkpointed.losses[step], plain.losses[step]) << "step " << step + 1;
-      EXPECT_EQ(checkpointed.auxiliary_losses[step], plain.auxiliary_losses[step])
-          << "step " << step + 1;
-      EXPECT_EQ(checkpointed.gradient_norms[step], plain.gradient_norms[step])
-          << "step " << step + 1;
-      ASSERT_EQ(checkpointed.expert_tokens[step].defined(), plain.expert_tokens[step].defined());
-      if (plain.expert_tokens[step].defined()) {
-        EXPECT_TRUE(checkpointed.expert_tokens[step].equal(plain.expert_tokens[step]));
-      }
-    }
-    ASSERT_EQ(checkpointed.final_shards.size(), plain.final_shards.size());
-    for (std::size_t s = 0; s < plain.final_shards.size(); ++s) {
-      EXPECT_TRUE(checkpointed.final_shards[s].equal(plain.final_shards[s])) << "stage " << s;
-    }
     // Recomputation reuses the restores the schedule does anyway.
-    EXPECT_EQ(checkpointed.all_gathers, plain.all_gathers);
-    EXPECT_EQ(checkpointed.reduce_scatters, plain.reduce_scatters);
-    EXPECT_EQ(checkpointed.all_reduces, plain.all_reduces);
+    expect_same_trace(plain, checkpointed);
     EXPECT_LT(checkpointed.activation_estimate, plain.activation_estimate);
   }
   if (c.experts > 0) {

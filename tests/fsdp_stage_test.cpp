@@ -492,6 +492,66 @@ TEST(Fsdp, SharedBuffersTakeTurnsAndRefuseToOverwrite) {
   second.reduce_gradients();
 }
 
+// The reduction in two halves (begin/finish) gives what the blocking one
+// does, and holds the gradient buffer until it is finished: a stage sharing
+// the buffer cannot claim it while the collective still reads it.
+TEST(Fsdp, AsynchronousReductionEqualsTheBlockingOneAndHoldsItsBuffer) {
+  const FsdpOptions options = test_options();
+  const FlatLayout big(test_parameters(), ranks(), options.alignment);
+  SharedStageBuffers shared;
+  shared.gradients = std::make_shared<StageBuffer>("shared gradient buffer 0", big.padded_numel(),
+                                                   ElementType::kFloat32, c10::Device(c10::kCPU));
+  Fsdp first("stage.0", test_parameters(), group(), options, shared);
+  Fsdp second("stage.1", {{"norm", {7}}, {"scale", {}}}, group(), options, shared);
+  const std::int64_t padded = first.layout().padded_numel();
+  const at::Tensor index = at::arange(padded, at::kLong);
+  const at::Tensor rank_sum =
+      index.remainder(8).mul(ranks()).add(ranks() * (ranks() - 1) / 2).to(at::kFloat);
+  const ElementRange own = first.layout().shard_range(rank());
+  const at::Tensor expected = rank_sum.narrow(0, own.begin, own.size());
+  auto fill = [&] {
+    first.zero_gradient_buffer();
+    first.gradient_buffer().copy_(index.remainder(8).add(rank()));
+  };
+
+  fill();
+  first.begin_reduce_gradients(GradientReduction::kSum);  // straight into the shard
+  EXPECT_TRUE(first.reduce_in_flight());
+  EXPECT_FALSE(first.may_claim_gradient_buffer());
+  EXPECT_FALSE(second.may_claim_gradient_buffer());
+  EXPECT_THROW(second.zero_gradient_buffer(), std::logic_error);
+  first.progress();
+  first.finish_reduce_gradients();
+  EXPECT_FALSE(first.reduce_in_flight());
+  EXPECT_TRUE(first.gradient_shard().equal(expected));
+  EXPECT_TRUE(second.may_claim_gradient_buffer());
+
+  // Accumulating goes through a temporary that finish adds into the shard.
+  fill();
+  first.begin_reduce_gradients(GradientReduction::kSum, GradientUpdate::kAccumulate);
+  EXPECT_TRUE(first.gradient_shard().equal(expected));  // not yet added
+  first.finish_reduce_gradients();
+  EXPECT_TRUE(first.gradient_shard().equal(expected * 2));
+  first.finish_reduce_gradients();  // nothing in flight: nothing happens
+  EXPECT_TRUE(first.gradient_shard().equal(expected * 2));
+
+  // Zeroing the shard or the buffer finishes a reduction in flight first.
+  fill();
+  first.begin_reduce_gradients(GradientReduction::kSum, GradientUpdate::kAccumulate);
+  first.zero_gradient_shard();
+  EXPECT_FALSE(first.reduce_in_flight());
+  EXPECT_EQ(first.gradient_shard().count_nonzero().item<std::int64_t>(), 0);
+  fill();
+  first.begin_reduce_gradients(GradientReduction::kSum, GradientUpdate::kAccumulate);
+  first.zero_gradient_buffer();
+  EXPECT_FALSE(first.reduce_in_flight());
+  EXPECT_TRUE(first.gradient_shard().equal(expected));
+  first.reduce_gradients();  // gives the buffer up
+  second.zero_gradient_buffer();
+  second.reduce_gradients();
+  EXPECT_GT(first.communication_statistics().reduce_seconds, 0);
+}
+
 TEST(Fsdp, SharedBufferTooSmallIsRejectedWithBothSizes) {
   SharedStageBuffers shared;
   shared.weights = std::make_shared<StageBuffer>("shared weight buffer 0", 8, ElementType::kFloat32,

@@ -292,9 +292,12 @@ po::options_description train_options_description() {
       "under ZeRO-3 with more than 2 stages, else 0)")(
       "shared-gradient-buffers", po::value<std::string>()->default_value("auto"),
       "gradient buffers shared round-robin (ZeRO-2/3; 0: one per stage; auto: 1 under ZeRO-3 "
-      "with more than 1 stage, else 0)")(
+      "with more than 1 stage, 2 with --asynchronous-reduction and more than 2, else 0)")(
       "prefetch", po::bool_switch(),
       "start the next stage's all-gather before the current one computes")(
+      "asynchronous-reduction", po::bool_switch(),
+      "ZeRO-2/3: reduce-scatter each stage's gradients while the previous stage's backward "
+      "computes (the same gradients; auto shared gradient buffers become 2)")(
       "activation-checkpointing", po::value<std::string>()->default_value("none"),
       "what the forward keeps for the backward: none (every graph), stages (each stage's "
       "input; the stage is recomputed before its backward), layers (each layer's input; at "
@@ -428,6 +431,12 @@ TrainOptions train_options_from(const po::variables_map& values, int world_size)
            "shared gradient buffers need --zero-stage 2 or 3");
   }
   options.prefetch = values["prefetch"].as<bool>();
+  options.asynchronous_reduction = values["asynchronous-reduction"].as<bool>();
+  if (options.asynchronous_reduction && options.zero_stage < 2) {
+    refuse("asynchronous-reduction", "on",
+           "asynchronous reduction needs --zero-stage 2 or 3 (ZeRO-1 reduces once, after the "
+           "backward)");
+  }
   options.trim_heap = !values["no-heap-trim"].as<bool>();
   options.activation_checkpointing = values["activation-checkpointing"].as<std::string>();
   try {

@@ -67,6 +67,7 @@ struct TrainOptions {
   int shared_weight_buffers = stages::kAutomaticBuffers;
   int shared_gradient_buffers = stages::kAutomaticBuffers;
   bool prefetch = false;
+  bool asynchronous_reduction = false;  // stages::MultiStageOptions::asynchronous_reduction
   // stages::ActivationCheckpointing by name: none, stages or layers.
   std::string activation_checkpointing = "none";
   bool trim_heap = true;  // stages::MultiStageOptions::trim_heap

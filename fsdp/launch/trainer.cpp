@@ -125,6 +125,7 @@ class Training {
     model_options.shared_weight_buffers = options.shared_weight_buffers;
     model_options.shared_gradient_buffers = options.shared_gradient_buffers;
     model_options.prefetch = options.prefetch;
+    model_options.asynchronous_reduction = options.asynchronous_reduction;
     model_options.trim_heap = options.trim_heap;
     model_options.activation_checkpointing =
         stages::parse_activation_checkpointing(options.activation_checkpointing);
@@ -238,8 +239,10 @@ class Training {
     say("runtime: ZeRO-" + std::to_string(options_.zero_stage) + ", compute " +
         options_.compute_dtype + ", " + std::to_string(options_.layers_per_stage) +
         " layer(s) per stage" + shared_buffers_text(model_->options()) +
-        (options_.prefetch ? ", prefetch" : "") + (options_.trim_heap ? "" : ", no heap trim") +
-        ", activation checkpointing " + options_.activation_checkpointing + "; per rank " +
+        (options_.prefetch ? ", prefetch" : "") +
+        (options_.asynchronous_reduction ? ", asynchronous reduction" : "") +
+        (options_.trim_heap ? "" : ", no heap trim") + ", activation checkpointing " +
+        options_.activation_checkpointing + "; per rank " +
         model_->memory(optimizer_.get(), rows, options_.sequence_length).describe());
     say("data: " + data_.describe(options_.steps) + "; global batch " +
         std::to_string(options_.batch) + " x " + std::to_string(options_.sequence_length) +

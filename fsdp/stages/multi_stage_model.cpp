@@ -42,6 +42,11 @@ void check_options(const MultiStageOptions& options) {
          " needs zero_stage 3 (ZeRO-" + std::to_string(options.zero_stage) +
          " keeps every stage's weights restored through the backward)");
   }
+  if (options.asynchronous_reduction && options.zero_stage < 2) {
+    fail("asynchronous_reduction needs zero_stage 2 or 3 (ZeRO-" +
+         std::to_string(options.zero_stage) +
+         " reduces once, after the backward, with no backward left to overlap)");
+  }
   if (options.shared_gradient_buffers > 0 && options.zero_stage < 2) {
     fail("shared_gradient_buffers = " + std::to_string(options.shared_gradient_buffers) +
          " needs zero_stage 2 or 3 (ZeRO-1 keeps every stage's gradients until the step ends)");
@@ -59,7 +64,12 @@ MultiStageOptions with_buffer_counts(MultiStageOptions options, std::size_t laye
     options.shared_weight_buffers = zero3 && stage_count > 2 ? 2 : 0;
   }
   if (options.shared_gradient_buffers == kAutomaticBuffers) {
-    options.shared_gradient_buffers = zero3 && stage_count > 1 ? 1 : 0;
+    // One serves every stage when each reduction ends before the previous
+    // stage's backward; an asynchronous one still reads its buffer then, so
+    // the previous stage needs the other.
+    const int needed = options.asynchronous_reduction ? 2 : 1;
+    options.shared_gradient_buffers =
+        zero3 && stage_count > static_cast<std::size_t>(needed) ? needed : 0;
   }
   return options;
 }
@@ -341,27 +351,40 @@ MultiStageModel::SegmentResult MultiStageModel::run_segment(Stage& stage, std::s
   result.output = input;
   for (std::size_t l = first; l < end; ++l) {
     Layer* layer = stage.layers[l];
-    result.output = layer->forward(result.output);
-    SideOutputs side = layer->take_side_outputs();
-    if (side.auxiliary_loss.defined()) {
-      result.auxiliary_loss = result.auxiliary_loss.defined()
-                                  ? result.auxiliary_loss + side.auxiliary_loss
-                                  : side.auxiliary_loss;
-      if (record) {
-        const at::Tensor weighted = side.auxiliary_loss.detach() * auxiliary_weight;
-        auxiliary_loss_total_ =
-            auxiliary_loss_total_.defined() ? auxiliary_loss_total_ + weighted : weighted;
-      }
+    // Part by part (Layer::forward_part computes what forward does, bitwise):
+    // a decoder block's backward then has a point between its two halves
+    // where the collectives in flight can advance.
+    const std::size_t parts = layer->forward_parts();
+    for (std::size_t p = 0; p < parts; ++p) {
+      result.output =
+          parts == 1 ? layer->forward(result.output) : layer->forward_part(p, result.output);
+      add_side_outputs(stage, l, layer->take_side_outputs(), record, auxiliary_weight, result);
+      // Let the next stage's all-gather advance (Note [MPI progress]).
+      if (prefetching != nullptr) prefetching->progress();
+      if (l + 1 < end || p + 1 < parts) poll_collectives_in_backward(result.output);
     }
-    if (record && side.expert_tokens.defined()) {
-      // Added up where they were computed: no device-to-host copy per layer.
-      at::Tensor& total = expert_tokens_total_.at(stage.first_layer + l);
-      total = total.defined() ? total + side.expert_tokens.detach() : side.expert_tokens.detach();
-    }
-    // Between layers: let the next stage's all-gather advance (Note [MPI progress]).
-    if (prefetching != nullptr) prefetching->progress();
   }
   return result;
+}
+
+void MultiStageModel::add_side_outputs(const Stage& stage, std::size_t layer, SideOutputs side,
+                                       bool record, double auxiliary_weight,
+                                       SegmentResult& result) {
+  if (side.auxiliary_loss.defined()) {
+    result.auxiliary_loss = result.auxiliary_loss.defined()
+                                ? result.auxiliary_loss + side.auxiliary_loss
+                                : side.auxiliary_loss;
+    if (record) {
+      const at::Tensor weighted = side.auxiliary_loss.detach() * auxiliary_weight;
+      auxiliary_loss_total_ =
+          auxiliary_loss_total_.defined() ? auxiliary_loss_total_ + weighted : weighted;
+    }
+  }
+  if (record && side.expert_tokens.defined()) {
+    // Added up where they were computed: no device-to-host copy per layer.
+    at::Tensor& total = expert_tokens_total_.at(stage.first_layer + layer);
+    total = total.defined() ? total + side.expert_tokens.detach() : side.expert_tokens.detach();
+  }
 }
 
 // Note [Heap trim]
@@ -414,9 +437,48 @@ at::Tensor MultiStageModel::recompute_backward(Stage& stage, std::size_t first, 
     backward_segment(output, gradient, side.auxiliary_loss, auxiliary_weight);
     gradient = leaf.requires_grad() ? leaf.grad() : at::Tensor();
     part_inputs[p] = at::Tensor();
-    if (prefetching != nullptr) prefetching->progress();
+    progress_collectives();  // the prefetch, an asynchronous reduction
   }
   return gradient;
+}
+
+// Note [Progress in the backward]
+// ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+// A stage's backward is one call into autograd, during which the schedule
+// cannot poll: a prefetched all-gather (of the stage before) or an
+// asynchronous reduce-scatter (of the stage after) would advance on a host
+// group only when it is waited for (Note [MPI progress]). So the output of
+// each layer part (Layer::forward_part: a decoder block's attention, its
+// MLP), but a segment's last, gets a gradient hook that lets the collectives
+// in flight advance: it runs between two parts' backwards. The hook reads
+// nothing and returns nothing, so gradients are unchanged.
+void MultiStageModel::poll_collectives_in_backward(const at::Tensor& output) {
+  if (!(options_.prefetch || options_.asynchronous_reduction)) return;
+  if (!at::GradMode::is_enabled() || !output.requires_grad()) return;
+  output.register_hook([this](const at::Tensor&) { progress_collectives(); });
+}
+
+void MultiStageModel::progress_collectives() {
+  for (Stage& stage : stages_) {
+    if (stage.fsdp) stage.fsdp->progress();
+  }
+  if (tied_) tied_->progress();
+}
+
+void MultiStageModel::reduce_stage_gradients(Fsdp& fsdp, GradientUpdate update) {
+  if (!options_.asynchronous_reduction) {
+    fsdp.reduce_gradients(GradientReduction::kAverage, update);
+    return;
+  }
+  // One reduction in flight at a time, each overlapping the next stage's
+  // backward: two gradient buffers then serve every stage.
+  finish_reduction_in_flight();
+  fsdp.begin_reduce_gradients(GradientReduction::kAverage, update);
+  reducing_ = &fsdp;
+}
+
+void MultiStageModel::finish_reduction_in_flight() {
+  if (reducing_ != nullptr) std::exchange(reducing_, nullptr)->finish_reduce_gradients();
 }
 
 std::vector<std::pair<std::size_t, std::size_t>> MultiStageModel::segments(
@@ -517,7 +579,11 @@ double MultiStageModel::forward_backward(const at::Tensor& input, const LossFunc
     if (recompute || s + 1 == count) trim_heap();  // Note [Heap trim]
     restore(stage);                                // ZeRO-3: again; otherwise it still is
     if (s > 0) prefetch(s - 1);
-    if (reduce_in_backward && stage.fsdp) stage.fsdp->zero_gradient_buffer();
+    if (reduce_in_backward && stage.fsdp) {
+      // A reduction in flight may still read the buffer this stage shares.
+      if (!stage.fsdp->may_claim_gradient_buffer()) finish_reduction_in_flight();
+      stage.fsdp->zero_gradient_buffer();
+    }
     const bool last = s + 1 == count;
     if (last) {
       backward_segment(loss_value, at::ones_like(loss_value), pass.result.auxiliary_loss,
@@ -548,18 +614,16 @@ double MultiStageModel::forward_backward(const at::Tensor& input, const LossFunc
     pass.final_leaf = at::Tensor();
     if (s + 1 < count) passes[s + 1].input = at::Tensor();
     if (stage.fsdp) {
-      if (reduce_in_backward) {
-        stage.fsdp->reduce_gradients(GradientReduction::kAverage, update);
-      }
+      if (reduce_in_backward) reduce_stage_gradients(*stage.fsdp, update);
       if (zero3) stage.fsdp->release();
     }
   }
   if (tied_) {
-    if (reduce_in_backward) {
-      tied_->reduce_gradients(GradientReduction::kAverage, update);
-    }
+    if (reduce_in_backward) reduce_stage_gradients(*tied_, update);
     if (zero3) tied_->release();
   }
+  // The gradient shards hold every reduction when the micro-batch returns.
+  finish_reduction_in_flight();
   return loss_result;
 }
 

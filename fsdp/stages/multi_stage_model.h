@@ -31,7 +31,8 @@
 // Prefetch: the next stage's all-gather (forward) or the previous one's
 // (backward) starts before the current stage computes, and is finished when
 // that stage is reached (Fsdp::begin_restore). On CPU it is advanced between
-// layers, or by a progress thread (Note [MPI progress]); with NCCL it runs on
+// layers, forward and backward (Note [Progress in the backward]), or by a
+// progress thread (Note [MPI progress]); with NCCL it runs on
 // the communication stream (Note [Comm stream ordering]). A buffer is never touched while a
 // collective on it is in flight: Note [Buffer ordering] enforces it, and a
 // prefetch into a buffer another stage still holds is simply not started.
@@ -112,6 +113,12 @@ struct MultiStageOptions {
   // ZeRO-2 keep a buffer per stage.
   int shared_gradient_buffers = kAutomaticBuffers;
   bool prefetch = false;
+  // ZeRO-2/3: each stage's reduce-scatter runs while the previous stage's
+  // backward computes (Fsdp::begin_reduce_gradients), finished before the next
+  // one starts and before forward_backward returns. Its gradient buffer stays
+  // claimed until then, so the automatic shared gradient buffers are 2, not 1.
+  // Gradients are bitwise the same as without it.
+  bool asynchronous_reduction = false;
   ActivationCheckpointing activation_checkpointing = ActivationCheckpointing::kNone;
   // Host memory: hand the C heap's free pages back to the system
   // (malloc_trim) before each phase that may set a step's peak: the start of
@@ -240,6 +247,14 @@ class MultiStageModel {
   void build_stages(const std::shared_ptr<ProcessGroup>& group);
   // Note [Heap trim]; a no-op where it does not apply.
   void trim_heap() const;
+  // Note [Progress in the backward]: hooks `output` (a layer's, in a graph)
+  // so that the collectives in flight advance when its gradient is computed.
+  void poll_collectives_in_backward(const at::Tensor& output);
+  void progress_collectives();
+  // ZeRO-2/3's reduction of one stage after its backward: at once, or begun
+  // (options_.asynchronous_reduction) after finishing the one in flight.
+  void reduce_stage_gradients(Fsdp& fsdp, GradientUpdate update);
+  void finish_reduction_in_flight();
   void restore(Stage& stage);
   void prefetch(std::size_t index);
   // `prefetching`: a stage whose restore may be in flight, advanced between
@@ -248,6 +263,10 @@ class MultiStageModel {
   SegmentResult run_segment(Stage& stage, std::size_t first, std::size_t end,
                             const at::Tensor& input, Fsdp* prefetching, bool record,
                             double auxiliary_weight = 1.0);
+  // Adds one part's side outputs to `result` (and, when `record`, to the
+  // auxiliary totals); `layer` indexes stage.layers.
+  void add_side_outputs(const Stage& stage, std::size_t layer, SideOutputs side, bool record,
+                        double auxiliary_weight, SegmentResult& result);
   // The [first, end) layer ranges that checkpointing keeps one input for.
   std::vector<std::pair<std::size_t, std::size_t>> segments(const Stage& stage) const;
   // Checkpointing's backward of segment [first, end) from `input` (its kept
@@ -276,6 +295,8 @@ class MultiStageModel {
   // ZeRO-2/3: zero_gradients() zeroed the gradient shards and no micro-batch
   // has reduced into them since.
   bool gradient_shards_zero_ = false;
+  // The stage whose asynchronous reduce-scatter is in flight, or null.
+  Fsdp* reducing_ = nullptr;
   // Since the last take_auxiliary_totals(): the summed auxiliary loss (a
   // tensor on the compute device, read once) and tokens per expert per layer.
   at::Tensor auxiliary_loss_total_;
