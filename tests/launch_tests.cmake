@@ -46,6 +46,10 @@ fsdp_add_program_test(train_checkpointing_no_heap_trim_np2 EXIT 0 TIMEOUT 240
                       COMMAND ${FSDP_MPIRUN} -np 2 ${train} --model dense --steps 3 --no-checkpoint
                               --activation-checkpointing layers --no-heap-trim
                       OUTPUT "ZeRO-3.*no heap trim, activation checkpointing layers.*done: steps 1-3")
+fsdp_add_program_test(train_asynchronous_reduction_np2 EXIT 0 TIMEOUT 240
+                      COMMAND ${FSDP_MPIRUN} -np 2 ${train} --model dense --steps 3 --no-checkpoint
+                              --prefetch --asynchronous-reduction --micro-batches 2
+                      OUTPUT "2 shared gradient buffers, prefetch, asynchronous reduction,.*done: steps 1-3")
 
 # Options: help once, bad values once with exit status 2, on every world size.
 fsdp_add_program_test(train_help EXIT 0 COMMAND ${FSDP_MPIRUN} -np 2 ${train} --help
@@ -53,6 +57,9 @@ fsdp_add_program_test(train_help EXIT 0 COMMAND ${FSDP_MPIRUN} -np 2 ${train} --
                       ONCE "Usage: mpirun -np N fsdp-train")
 fsdp_add_program_test(train_bad_option EXIT 2 COMMAND ${FSDP_MPIRUN} -np 3 ${train} --dtype int8
                       ONCE "--dtype int8 \\(expected float32 or bfloat16\\)")
+fsdp_add_program_test(train_asynchronous_reduction_zero_one EXIT 2
+                      COMMAND ${FSDP_MPIRUN} -np 2 ${train} --zero-stage 1 --asynchronous-reduction
+                      ONCE "asynchronous reduction needs --zero-stage 2 or 3")
 fsdp_add_program_test(train_batch_does_not_split EXIT 2
                       COMMAND ${FSDP_MPIRUN} -np 4 ${train} --batch 30
                       ONCE "--batch 30 \\(the global batch must split evenly: 4 ranks x 1 micro-batches do not divide it\\)")
