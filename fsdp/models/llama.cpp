@@ -14,6 +14,8 @@
 #include <utility>
 #include <vector>
 
+#include "fsdp/models/swiglu.h"
+
 // libtorch 2's at::scaled_dot_product_attention (DecoderBlock::attention).
 #if defined(TORCH_VERSION_MAJOR) && TORCH_VERSION_MAJOR >= 2
 #define FSDP_FUSED_ATTENTION 1
@@ -186,8 +188,9 @@ class DecoderBlock final : public Layer {
   stages::ActivationBytes activation_bytes(std::int64_t batch, std::int64_t sequence,
                                            std::int64_t element_size) const override {
     // Per token, what autograd keeps of the code below (norms keep input and
-    // output, projections their input, the attention its softmax), and the
-    // attention's scores while they are computed.
+    // output, projections their input, the attention its softmax, the SwiGLU
+    // its gate and up halves: swiglu_down), and the attention's scores while
+    // they are computed.
     const std::int64_t h = config_.hidden;
     const std::int64_t query = config_.heads * head_size_;
     const std::int64_t key_value = kv_heads_ * head_size_;
@@ -200,10 +203,10 @@ class DecoderBlock final : public Layer {
         FSDP_FUSED_ATTENTION && window_ == 0 ? config_.heads : 2 * config_.heads * sequence;
     std::int64_t mlp = 3 * h;
     if (!moe_) {
-      mlp += 4 * config_.intermediate;
+      mlp += 2 * config_.intermediate;
     } else {
       const std::int64_t k = config_.experts_per_token;
-      mlp += 3 * config_.experts + k * (3 * h + 4 * config_.experts_intermediate());
+      mlp += 3 * config_.experts + k * (3 * h + 2 * config_.experts_intermediate());
     }
     const std::int64_t tokens_bytes = batch * sequence * element_size;
     return {tokens_bytes * (attention + mlp), tokens_bytes * h,
@@ -363,8 +366,7 @@ class DecoderBlock final : public Layer {
   // down(silu(gate) * up), with gate and up the two halves of x @ gate_up^T.
   static at::Tensor swiglu(const at::Tensor& x, const at::Tensor& gate_up, const at::Tensor& down,
                            const at::Tensor& gate_up_bias = {}, const at::Tensor& down_bias = {}) {
-    const std::vector<at::Tensor> halves = at::linear(x, gate_up, gate_up_bias).chunk(2, -1);
-    return at::linear(at::silu(halves[0]) * halves[1], down, down_bias);
+    return swiglu_down(at::linear(x, gate_up, gate_up_bias), down, down_bias);
   }
 
   // Top-k routing over fused experts. The (token, expert) choices are sorted
