@@ -82,7 +82,10 @@ logs=$PWD/build-gpu/gpu-check  # every log of this script
 mkdir -p "$logs"
 section "build (build-gpu/, Hopper only, -j$jobs)"
 start=$SECONDS
+# The GPU image has no gperftools; device tensors are not in the host heap,
+# so the programs keep the system malloc there (Note [Host allocator]).
 if cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_COMPILER="$nvcc" \
+     -DFSDP_HOST_ALLOCATOR=system \
      -DCMAKE_PREFIX_PATH="$prefix_path" -DFSDP_CUDA_ARCHITECTURES=90 -DFSDP_PYTHON="$python" \
      "${cmake_extra[@]}" > "$logs/configure.log" 2>&1 &&
    grep "fsdp:" "$logs/configure.log" &&

@@ -13,7 +13,8 @@
 #                     pip installs there when it lacks torch.
 #
 # Dependencies, all Debian packages: libtorch, Open MPI, Boost.Program_options,
-# GoogleTest, nlohmann-json, xxHash, CMake, Ninja, iproute2 (the two-host test's
+# GoogleTest, nlohmann-json, xxHash, gperftools' tcmalloc (the programs'
+# malloc: Note [Host allocator]), CMake, Ninja, iproute2 (the two-host test's
 # network namespaces), and OpenBLAS (OpenMP build)
 # as the BLAS that libtorch's matrix products call. The interop test needs the
 # reference `safetensors` Python package, and the data tests NumPy and
@@ -35,6 +36,7 @@ esac
 
 packages=(cmake ninja-build g++ libtorch-dev libopenmpi-dev openmpi-bin
           libboost-program-options-dev libgtest-dev nlohmann-json3-dev libxxhash-dev
+          libgoogle-perftools-dev
           python3-venv libopenblas0-openmp iproute2)
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

@@ -8,6 +8,8 @@
 #include <filesystem>
 #include <stdexcept>
 
+#include "fsdp/host_allocator.h"
+
 namespace fsdp::launch {
 namespace {
 
@@ -173,7 +175,7 @@ std::string describe_compute(const BlasLibrary& blas) {
     text += " (OpenMP " + std::to_string(threads.openmp) + ", BLAS " +
             (threads.blas < 0 ? std::string("own pool") : std::to_string(threads.blas)) + ")";
   }
-  return text;
+  return text + "; host allocator " + host_allocator_name();
 }
 
 std::string reference_blas_warning(const BlasLibrary& blas) {

@@ -50,7 +50,8 @@ struct ComputeThreads {
 ComputeThreads current_compute_threads();
 
 // One line for banners: "BLAS OpenBLAS 0.3.21 (openmp, core Zen), 1 compute
-// thread per rank (OpenMP 1, BLAS 1)".
+// thread per rank (OpenMP 1, BLAS 1); host allocator tcmalloc 2.10
+// (gperftools)" (fsdp/host_allocator.h).
 std::string describe_compute(const BlasLibrary& blas);
 
 // A loud multi-line warning for a BLAS that is not optimised, saying what it

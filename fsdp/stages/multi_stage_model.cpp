@@ -5,15 +5,11 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <cstdlib>  // defines __GLIBC__ where glibc is the C library
 #include <map>
 #include <stdexcept>
 #include <utility>
 
-#if defined(__GLIBC__)
-#include <malloc.h>  // malloc_trim
-#endif
-
+#include "fsdp/host_allocator.h"
 #include "fsdp/stages/sharded_adamw.h"
 
 namespace fsdp::stages {
@@ -401,12 +397,12 @@ void MultiStageModel::add_side_outputs(const Stage& stage, std::size_t layer, Si
 // peak resident set -3% without checkpointing at no cost in tokens/s, -5%
 // with it for 4-10% of tokens/s (single runs and the interleaved bench
 // disagree). Before every stage without checkpointing it cost 21%: the
-// freed activations are faulted in again by the next forward. Device groups skip it: their tensors
-// are not in the heap.
+// freed activations are faulted in again by the next forward. Device groups
+// skip it: their tensors are not in the heap. Under tcmalloc, which
+// fsdp-train links (Note [Host allocator]), there are no such holes and
+// trim_host_heap() does nothing.
 void MultiStageModel::trim_heap() const {
-#if defined(__GLIBC__)
-  if (options_.trim_heap && host_memory_) malloc_trim(0);
-#endif
+  if (options_.trim_heap && host_memory_) trim_host_heap();
 }
 
 at::Tensor MultiStageModel::recompute_backward(Stage& stage, std::size_t first, std::size_t end,
