@@ -7,11 +7,11 @@
 // activations in another order than it took them. glibc's malloc keeps
 // blocks below its mmap threshold (which rises to 32 MiB once such a block
 // is freed) in its heaps, so the holes stay resident: measured on the 118 M
-// model at 2 ranks, the peak resident set was 175 MiB above what the same
-// step needs under gperftools' tcmalloc, which keeps large blocks in page
-// spans it hands back to the system, and the step was 3-4% slower
+// model at 2 ranks, the peak resident set was 175-185 MiB above what the
+// same steps need under gperftools' tcmalloc, which keeps large blocks in
+// page spans it hands back to the system, and the steps were 3-6% slower
 // (docs/PERFORMANCE.md, which also has jemalloc and glibc's fixed mmap
-// threshold: both lower the peak too, but cost 9-14% of tokens/s).
+// threshold: both lower the peak as much, but cost 8-16% of tokens/s).
 //
 // So fsdp-train and fsdp-bench link tcmalloc_minimal (CMake
 // FSDP_HOST_ALLOCATOR, default tcmalloc; "system" keeps the C library's, as

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "fsdp/models/rms_norm.h"
 #include "fsdp/models/swiglu.h"
 
 // libtorch 2's at::scaled_dot_product_attention (DecoderBlock::attention).
@@ -27,10 +28,6 @@ namespace fsdp::models {
 namespace {
 
 using stages::Layer;
-
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double epsilon) {
-  return x * at::rsqrt(x.square().mean({-1}, /*keepdim=*/true) + epsilon) * weight;
-}
 
 class TokenEmbedding final : public Layer {
  public:
@@ -187,21 +184,21 @@ class DecoderBlock final : public Layer {
 
   stages::ActivationBytes activation_bytes(std::int64_t batch, std::int64_t sequence,
                                            std::int64_t element_size) const override {
-    // Per token, what autograd keeps of the code below (norms keep input and
-    // output, projections their input, the attention its softmax, the SwiGLU
-    // its gate and up halves: swiglu_down), and the attention's scores while
-    // they are computed.
+    // Per token, what autograd keeps of the code below (norms keep their
+    // input, projections theirs -- a norm's output --, the attention its
+    // softmax, the SwiGLU its gate and up halves: rms_norm, swiglu_down),
+    // and the attention's scores while they are computed.
     const std::int64_t h = config_.hidden;
     const std::int64_t query = config_.heads * head_size_;
     const std::int64_t key_value = kv_heads_ * head_size_;
     // The two parts (forward_part) counted apart: the attention, the MLP.
-    std::int64_t attention = 3 * h + 3 * (query + 2 * key_value) + query;
+    std::int64_t attention = 2 * h + 3 * (query + 2 * key_value) + query;
     if (kv_heads_ != config_.heads) attention += 2 * query;  // repeated keys and values
     // The softmax and the scores (T per head and token), unless a fused kernel
     // keeps only a log-sum-exp per head and token.
     attention +=
         FSDP_FUSED_ATTENTION && window_ == 0 ? config_.heads : 2 * config_.heads * sequence;
-    std::int64_t mlp = 3 * h;
+    std::int64_t mlp = 2 * h;
     if (!moe_) {
       mlp += 2 * config_.intermediate;
     } else {
