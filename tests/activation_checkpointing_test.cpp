@@ -72,12 +72,6 @@ INSTANTIATE_TEST_SUITE_P(ZeroPrefetchMoeLayersPerStage, CheckpointingMatrix,
                                             ::testing::Values<std::int64_t>(0, 4),
                                             ::testing::Values(1, 2)));
 
-Case with(std::function<void(Case&)> change) {
-  Case c;
-  change(c);
-  return c;
-}
-
 TEST(ActivationCheckpointing, ZeroTwoMicroBatches) {
   expect_same_run(with([](Case& c) { c.zero_stage = 2, c.micro_batches = 3, c.experts = 4; }));
 }

@@ -10,7 +10,6 @@
 // backward]), which the blocking run never does.
 #include <gtest/gtest.h>
 
-#include <functional>
 #include <stdexcept>
 #include <tuple>
 
@@ -58,12 +57,6 @@ TEST_P(AsynchronousReductionMatrix, SameLossesGradientsWeightsAndCollectives) {
 INSTANTIATE_TEST_SUITE_P(ZeroPrefetchMoe, AsynchronousReductionMatrix,
                          ::testing::Combine(::testing::Values(2, 3), ::testing::Bool(),
                                             ::testing::Values<std::int64_t>(0, 4)));
-
-Case with(std::function<void(Case&)> change) {
-  Case c;
-  change(c);
-  return c;
-}
 
 TEST(AsynchronousReduction, TiedEmbeddingsSharedBuffersPrefetch) {
   expect_same_as_blocking(

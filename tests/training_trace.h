@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -108,6 +109,13 @@ struct Case {
            ", asynchronous reduction " + std::to_string(asynchronous_reduction);
   }
 };
+
+// The default case with `change` applied: with([](Case& c) { c.tied = true; }).
+inline Case with(const std::function<void(Case&)>& change) {
+  Case c;
+  change(c);
+  return c;
+}
 
 models::LlamaConfig config_for(const Case& c);
 

@@ -289,7 +289,7 @@ po::options_description train_options_description() {
       "layers-per-stage", po::value<int>()->default_value(1), "layers sharing one flat shard")(
       "shared-weight-buffers", po::value<std::string>()->default_value("auto"),
       "weight buffers shared round-robin by the stages (ZeRO-3; 0: one per stage; auto: 2 "
-      "under ZeRO-3 with more than 2 stages, else 0)")(
+      "under ZeRO-3 with more than 2 stages and more than 1 rank, else 0)")(
       "shared-gradient-buffers", po::value<std::string>()->default_value("auto"),
       "gradient buffers shared round-robin (ZeRO-2/3; 0: one per stage; auto: 1 under ZeRO-3 "
       "with more than 1 stage, 2 with --asynchronous-reduction and more than 2, else 0)")(

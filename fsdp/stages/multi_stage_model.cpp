@@ -50,14 +50,17 @@ void check_options(const MultiStageOptions& options) {
 }
 
 // Replaces automatic buffer counts (kAutomaticBuffers) with the chosen ones.
-MultiStageOptions with_buffer_counts(MultiStageOptions options, std::size_t layer_count) {
+MultiStageOptions with_buffer_counts(MultiStageOptions options, std::size_t layer_count,
+                                     int world_size) {
   const std::size_t per_stage = static_cast<std::size_t>(options.layers_per_stage);
   const std::size_t stage_count = (layer_count + per_stage - 1) / per_stage;
   const bool zero3 = options.zero_stage == 3;
   if (options.shared_weight_buffers == kAutomaticBuffers) {
     // With 2 stages or fewer, sharing saves nothing and costs the shard
-    // aliasing (Note [Shard aliasing]).
-    options.shared_weight_buffers = zero3 && stage_count > 2 ? 2 : 0;
+    // aliasing (Note [Shard aliasing]). So it does at one rank, where a
+    // stage's shard is the whole stage: its own buffer is its shard, and
+    // restoring it copies nothing.
+    options.shared_weight_buffers = zero3 && stage_count > 2 && world_size > 1 ? 2 : 0;
   }
   if (options.shared_gradient_buffers == kAutomaticBuffers) {
     // One serves every stage when each reduction ends before the previous
@@ -146,8 +149,8 @@ MultiStageModel::MultiStageModel(std::vector<std::unique_ptr<Layer>> layers,
     : layers_(std::move(layers)), options_(options) {
   check_options(options_);
   if (layers_.empty()) throw std::invalid_argument("a model needs at least one layer");
-  options_ = with_buffer_counts(options_, layers_.size());
   if (!group) throw std::invalid_argument("multi-stage model: no process group given");
+  options_ = with_buffer_counts(options_, layers_.size(), group->size());
   host_memory_ = group->memory_location() == MemoryLocation::kHost;
   build_stages(group);
 }

@@ -102,9 +102,10 @@ struct MultiStageOptions {
   // Weight buffers shared round-robin (stage s uses buffer s mod n), each as
   // large as the largest stage using it; 0: every stage has its own. Needs
   // zero_stage 3. Prefetch needs at least 2. kAutomaticBuffers (the default):
-  // 2 under ZeRO-3 when there are more than 2 stages -- the stage computing
-  // and the one prefetched, so a rank holds its shards plus two stages'
-  // weights whatever the depth -- and 0 otherwise.
+  // 2 under ZeRO-3 when there are more than 2 stages and ranks -- the stage
+  // computing and the one prefetched, so a rank holds its shards plus two
+  // stages' weights whatever the depth -- and 0 otherwise (at one rank each
+  // stage's own buffer is its shard: Note [Shard aliasing] in fsdp.h).
   int shared_weight_buffers = kAutomaticBuffers;
   // Gradient buffers shared round-robin; 0: every stage has its own. Needs
   // zero_stage >= 2. kAutomaticBuffers (the default): 1 under ZeRO-3 with more
