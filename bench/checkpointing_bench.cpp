@@ -1,13 +1,13 @@
 #include "bench/checkpointing_bench.h"
 
 #include <ATen/ATen.h>
-#include <malloc.h>
 #include <mpi.h>
 
 #include <stdexcept>
 
 #include "bench/bench_trainee.h"
 #include "bench/timing.h"
+#include "fsdp/host_allocator.h"
 #include "fsdp/launch/process_memory.h"
 #include "fsdp/models/llama.h"
 #include "fsdp/stages/sharded_adamw.h"
@@ -16,10 +16,10 @@ namespace fsdp::bench {
 namespace {
 
 // Starts a new high-water mark at the current resident set, after handing
-// the allocator's free pages back (glibc keeps them otherwise, and the other
-// run's freed activations would hide this one's).
+// the allocator's free pages back (glibc and tcmalloc keep them otherwise,
+// and the other run's freed activations would hide this one's).
 void reset_peak_rss() {
-  malloc_trim(0);
+  release_free_host_memory();
   if (!launch::reset_peak_resident_memory()) {
     throw std::runtime_error(
         "checkpointing bench: this kernel does not reset the peak RSS through "
@@ -66,8 +66,8 @@ CheckpointingBenchResult run_checkpointing_bench(launch::Runtime& runtime,
 
   // Timed rounds first (the allocator keeps its pages, as in a real run),
   // then one round that measures each step's peak above its start, max over
-  // ranks (malloc_trim first, so that a page the other run freed is not
-  // counted as this one's).
+  // ranks (free pages released first, so that a page the other run freed is
+  // not counted as this one's).
   const auto peak_of_step = [&](BenchTrainee& trainee) {
     reset_peak_rss();
     const std::int64_t before = launch::resident_memory().current;

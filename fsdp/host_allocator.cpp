@@ -6,9 +6,12 @@
 #include <malloc.h>  // malloc_trim
 #endif
 
-// gperftools' version function (gperftools/tcmalloc.h), declared weak: null
-// unless tcmalloc is in the process.
-extern "C" const char* tc_version(int* major, int* minor, const char** patch) __attribute__((weak));
+// gperftools' C entry points (gperftools/tcmalloc.h, malloc_extension_c.h),
+// declared weak: null unless tcmalloc is in the process.
+extern "C" {
+const char* tc_version(int* major, int* minor, const char** patch) __attribute__((weak));
+void MallocExtension_ReleaseFreeMemory() __attribute__((weak));
+}
 
 namespace fsdp {
 
@@ -29,6 +32,16 @@ std::string host_allocator_name() {
 
 void trim_host_heap() {
   if (tc_version != nullptr) return;
+#if defined(__GLIBC__)
+  malloc_trim(0);
+#endif
+}
+
+void release_free_host_memory() {
+  if (MallocExtension_ReleaseFreeMemory != nullptr) {
+    MallocExtension_ReleaseFreeMemory();
+    return;
+  }
 #if defined(__GLIBC__)
   malloc_trim(0);
 #endif

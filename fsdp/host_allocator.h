@@ -38,4 +38,10 @@ std::string host_allocator_name();
 // worse (a 2% higher peak on the 118 M model, docs/PERFORMANCE.md).
 void trim_host_heap();
 
+// Hands every free page of the heap back to the system now, whichever
+// allocator serves the process (tcmalloc's ReleaseFreeMemory, glibc's
+// malloc_trim(0)), so that the resident set is what is in use: for
+// measurements (fsdp-bench's step peaks), not for training.
+void release_free_host_memory();
+
 }  // namespace fsdp

@@ -184,20 +184,24 @@ class DecoderBlock final : public Layer {
 
   stages::ActivationBytes activation_bytes(std::int64_t batch, std::int64_t sequence,
                                            std::int64_t element_size) const override {
-    // Per token, what autograd keeps of the code below (norms keep their
-    // input, projections theirs -- a norm's output --, the attention its
-    // softmax, the SwiGLU its gate and up halves: rms_norm, swiglu_down),
-    // and the attention's scores while they are computed.
+    // Per token, what autograd keeps of the code below: norms their input,
+    // projections theirs (a norm's output; the attention's output), the
+    // attention products the rotated queries and keys and the values, the
+    // softmax its output (T per head and token, unless a fused kernel keeps
+    // only a log-sum-exp per head and token), the SwiGLU its gate and up
+    // halves (rms_norm, swiglu_down). The projection of q, k and v itself is
+    // not kept: only views of it are, by nothing that saves them.
     const std::int64_t h = config_.hidden;
     const std::int64_t query = config_.heads * head_size_;
     const std::int64_t key_value = kv_heads_ * head_size_;
     // The two parts (forward_part) counted apart: the attention, the MLP.
-    std::int64_t attention = 2 * h + 3 * (query + 2 * key_value) + query;
+    std::int64_t attention = 2 * h + (query + 2 * key_value) + query;
     if (kv_heads_ != config_.heads) attention += 2 * query;  // repeated keys and values
-    // The softmax and the scores (T per head and token), unless a fused kernel
-    // keeps only a log-sum-exp per head and token.
-    attention +=
-        FSDP_FUSED_ATTENTION && window_ == 0 ? config_.heads : 2 * config_.heads * sequence;
+    const bool fused = FSDP_FUSED_ATTENTION && window_ == 0;
+    const std::int64_t softmax = fused ? config_.heads : config_.heads * sequence;
+    attention += softmax;
+    // While a part runs, the scores exist beside the softmax for a moment.
+    const std::int64_t scores = fused ? 0 : config_.heads * sequence;
     std::int64_t mlp = 2 * h;
     if (!moe_) {
       mlp += 2 * config_.intermediate;
@@ -207,7 +211,7 @@ class DecoderBlock final : public Layer {
     }
     const std::int64_t tokens_bytes = batch * sequence * element_size;
     return {tokens_bytes * (attention + mlp), tokens_bytes * h,
-            tokens_bytes * std::max(attention, mlp)};
+            tokens_bytes * std::max(attention + scores, mlp)};
   }
 
   at::Tensor forward(const at::Tensor& x) override { return mlp_part(attention_part(x)); }
