@@ -102,8 +102,11 @@ std::int64_t step_peak_bytes(MultiStageModel& model, const at::Tensor& tokens,
 
 // The point of it all, measured: a step's peak memory falls, and the
 // estimate of the memory report is near what the operating system sees.
-TEST(ActivationCheckpointing, StepPeakMemoryFallsAndTheEstimateHolds) {
+// Stacked: the four blocks are one layer of eight parts (StackedDecoder),
+// which must be recomputed a part at a time too, not as a whole stack.
+void expect_step_peak_memory_falls(bool stacked) {
   models::LlamaConfig config;
+  config.stacked_layers = stacked;
   config.vocabulary = 2048;
   config.hidden = 256;
   config.heads = 2;
@@ -131,17 +134,28 @@ TEST(ActivationCheckpointing, StepPeakMemoryFallsAndTheEstimateHolds) {
   const auto [layers, layers_estimate] = measured[ActivationCheckpointing::kLayers];
   if (testing::runtime().rank() == 0) {
     std::printf(
-        "[ memory   ] step peak %lld MiB without checkpointing (estimate %lld), %lld MiB "
+        "[ memory   ] %s: step peak %lld MiB without checkpointing (estimate %lld), %lld MiB "
         "with layers (estimate %lld)\n",
-        static_cast<long long>(plain >> 20), static_cast<long long>(plain_estimate >> 20),
-        static_cast<long long>(layers >> 20), static_cast<long long>(layers_estimate >> 20));
+        stacked ? "stacked" : "unstacked", static_cast<long long>(plain >> 20),
+        static_cast<long long>(plain_estimate >> 20), static_cast<long long>(layers >> 20),
+        static_cast<long long>(layers_estimate >> 20));
   }
-  EXPECT_LT(layers, plain * 6 / 10);
+  // A stack's parts route their gradients through select(), whose backward
+  // writes zeros of the whole stack's shape: 0.54-0.69 of the peak without
+  // checkpointing measured at np 1-4 (1.28 when the stack was recomputed whole).
+  EXPECT_LT(layers, stacked ? plain * 4 / 5 : plain * 6 / 10);
   for (const auto& [peak, estimate] :
        {measured[ActivationCheckpointing::kNone], measured[ActivationCheckpointing::kLayers]}) {
     EXPECT_GT(estimate, peak / 2);
     EXPECT_LT(estimate, peak * 2);
   }
+}
+
+TEST(ActivationCheckpointing, StepPeakMemoryFallsAndTheEstimateHolds) {
+  expect_step_peak_memory_falls(/*stacked=*/false);
+}
+TEST(ActivationCheckpointing, StackedLayersStepPeakMemoryFallsAndTheEstimateHolds) {
+  expect_step_peak_memory_falls(/*stacked=*/true);
 }
 
 // A weak reference to a graph node: Tensor::grad_fn() is a std::shared_ptr

@@ -482,13 +482,7 @@ class StackedDecoder final : public Layer {
     std::vector<at::Tensor> block_tokens;
     at::Tensor activation = x;
     for (std::size_t l = 0; l < blocks_.size(); ++l) {
-      // Slices are taken here, inside the graph of this forward, so that
-      // autograd routes each block's gradients into its slice of the stack.
-      std::vector<at::Tensor> slices;
-      for (const at::Tensor& stacked : stacked_) {
-        slices.push_back(stacked.select(0, static_cast<std::int64_t>(l)));
-      }
-      blocks_[l]->bind(std::move(slices));
+      bind_block(l);
       activation = blocks_[l]->forward(activation);
       stages::SideOutputs block = blocks_[l]->take_side_outputs();
       if (block.auxiliary_loss.defined()) {
@@ -501,6 +495,31 @@ class StackedDecoder final : public Layer {
     if (!block_tokens.empty()) side_.expert_tokens = at::stack(block_tokens);
     return activation;
   }
+
+  // Every block's parts in turn (block l's part q is part l * 2 + q), so that
+  // activation checkpointing recomputes one block's attention or MLP at a
+  // time, as it does for unstacked blocks, rather than the whole stack.
+  std::size_t forward_parts() const override { return blocks_.size() * kBlockParts; }
+  at::Tensor forward_part(std::size_t part, const at::Tensor& input) override {
+    if (part >= forward_parts()) {
+      throw std::out_of_range("decoder: forward_part: part " + std::to_string(part) +
+                              " of a stack of " + std::to_string(forward_parts()) + " parts");
+    }
+    const std::size_t l = part / kBlockParts;
+    bind_block(l);
+    const at::Tensor output = blocks_[l]->forward_part(part % kBlockParts, input);
+    side_ = blocks_[l]->take_side_outputs();
+    if (side_.expert_tokens.defined()) {
+      // The stack reports [blocks, experts]: this block's row, zeros elsewhere
+      // (the model adds the parts' counts up).
+      at::Tensor rows =
+          at::zeros({static_cast<std::int64_t>(blocks_.size()), side_.expert_tokens.size(0)},
+                    side_.expert_tokens.options());
+      rows.select(0, static_cast<std::int64_t>(l)).copy_(side_.expert_tokens);
+      side_.expert_tokens = rows;
+    }
+    return output;
+  }
   stages::SideOutputs take_side_outputs() override { return std::exchange(side_, {}); }
   stages::ActivationBytes activation_bytes(std::int64_t batch, std::int64_t sequence,
                                            std::int64_t element_size) const override {
@@ -509,11 +528,34 @@ class StackedDecoder final : public Layer {
       const stages::ActivationBytes one = block->activation_bytes(batch, sequence, element_size);
       total.saved += one.saved;
       total.output = one.output;
+      total.largest_part = std::max(total.largest_part, one.largest_part);
+    }
+    // The blocks' gradients reach the stack through select(), whose backward
+    // writes zeros of the whole stack's shape (SelectBackward) before they
+    // are added into the gradient buffer. Counted at the most: every stacked
+    // parameter once.
+    for (const ParameterSpec& spec : parameter_specs()) {
+      std::int64_t numel = 1;
+      for (const std::int64_t size : spec.shape) numel *= size;
+      total.backward_transient += numel * element_size;
     }
     return total;
   }
 
  private:
+  static constexpr std::size_t kBlockParts = 2;  // DecoderBlock::forward_parts()
+
+  // Binds block l to slice l of every stacked parameter. The slices are taken
+  // here, inside the graph of the forward that uses them, so that autograd
+  // routes the block's gradients into its slice of the stack.
+  void bind_block(std::size_t l) {
+    std::vector<at::Tensor> slices;
+    for (const at::Tensor& stacked : stacked_) {
+      slices.push_back(stacked.select(0, static_cast<std::int64_t>(l)));
+    }
+    blocks_[l]->bind(std::move(slices));
+  }
+
   std::vector<std::unique_ptr<DecoderBlock>> blocks_;
   std::vector<at::Tensor> stacked_;
   stages::SideOutputs side_;

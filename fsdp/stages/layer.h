@@ -39,6 +39,9 @@ struct ActivationBytes {
   // The largest share of `saved` that one of forward_part()'s parts keeps;
   // 0 when the layer is one part (the share is then `saved`).
   std::int64_t largest_part = 0;
+  // What the layer's backward allocates for a moment beyond its graph, with
+  // or without checkpointing (a stack's parameter gradients at full size).
+  std::int64_t backward_transient = 0;
 };
 
 class Layer {

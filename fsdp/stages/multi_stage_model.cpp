@@ -686,9 +686,14 @@ std::int64_t MultiStageModel::activation_estimate(std::int64_t rows, std::int64_
         // The segment's input: the previous layer's output.
         const std::size_t before = stage.first_layer + first;
         if (before > 0) kept += bytes[before - 1].output;
-        // A segment of one layer is recomputed part by part (recompute_backward).
+        // A segment of one layer is recomputed part by part (recompute_backward),
+        // keeping every part's input meanwhile (the first is counted above).
         const ActivationBytes& only = bytes[stage.first_layer + first];
-        if (end - first == 1 && only.largest_part > 0) graph = only.largest_part + only.output;
+        if (end - first == 1 && only.largest_part > 0) {
+          const auto parts =
+              static_cast<std::int64_t>(layers_[stage.first_layer + first]->forward_parts());
+          graph = only.largest_part + std::max<std::int64_t>(parts - 1, 1) * only.output;
+        }
         working = std::max(working, graph);
       }
     }
@@ -699,7 +704,11 @@ std::int64_t MultiStageModel::activation_estimate(std::int64_t rows, std::int64_
   if (options_.activation_checkpointing == ActivationCheckpointing::kNone) {
     for (const ActivationBytes& layer : bytes) largest = std::max(largest, layer.saved);
   }
-  return kept + working + largest + loss;
+  std::int64_t transient = 0;
+  for (const ActivationBytes& layer : bytes) {
+    transient = std::max(transient, layer.backward_transient);
+  }
+  return kept + working + largest + loss + transient;
 }
 
 ModelMemory MultiStageModel::memory(const ShardedAdamW* optimizer, std::int64_t rows,
