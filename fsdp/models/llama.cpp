@@ -529,6 +529,7 @@ class StackedDecoder final : public Layer {
       total.saved += one.saved;
       total.output = one.output;
       total.largest_part = std::max(total.largest_part, one.largest_part);
+      total.backward_window = std::max(total.backward_window, one.saved);
     }
     // The blocks' gradients reach the stack through select(), whose backward
     // writes zeros of the whole stack's shape (SelectBackward) before they

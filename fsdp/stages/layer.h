@@ -42,6 +42,9 @@ struct ActivationBytes {
   // What the layer's backward allocates for a moment beyond its graph, with
   // or without checkpointing (a stack's parameter gradients at full size).
   std::int64_t backward_transient = 0;
+  // The largest share of `saved` whose activation gradients the backward
+  // holds at once (a stack: one block's); 0 when that is all of `saved`.
+  std::int64_t backward_window = 0;
 };
 
 class Layer {

@@ -702,7 +702,9 @@ std::int64_t MultiStageModel::activation_estimate(std::int64_t rows, std::int64_
   // well (measured: docs/PERFORMANCE.md).
   std::int64_t largest = working;
   if (options_.activation_checkpointing == ActivationCheckpointing::kNone) {
-    for (const ActivationBytes& layer : bytes) largest = std::max(largest, layer.saved);
+    for (const ActivationBytes& layer : bytes) {
+      largest = std::max(largest, layer.backward_window > 0 ? layer.backward_window : layer.saved);
+    }
   }
   std::int64_t transient = 0;
   for (const ActivationBytes& layer : bytes) {
