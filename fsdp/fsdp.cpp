@@ -24,6 +24,16 @@ void check_floating(ElementType type, const std::string& stage, const char* what
   }
 }
 
+// What a reduce-scatter of `compute` gradients produces: float32 from 16-bit
+// input (process_group.h), otherwise the same type.
+ElementType reduced_type(ElementType compute) {
+  return is_half_precision(compute) ? ElementType::kFloat32 : compute;
+}
+// Whether that reduction can land in a `shard` array directly.
+bool reduces_into(ElementType compute, ElementType shard) {
+  return shard == compute || shard == reduced_type(compute);
+}
+
 // Prefixes the stage to a collective's error, so a timeout says which stage it hit.
 template <typename Function>
 void with_stage_context(const std::string& stage, const char* operation, Function&& function) {
@@ -136,6 +146,13 @@ StageMemory Fsdp::memory() const {
   memory.gradient_buffer =
       shares_gradient_buffer_ ? 0 : static_cast<std::int64_t>(gradient_buffer_.nbytes());
   return memory;
+}
+
+std::int64_t Fsdp::reduce_scratch_bytes() const {
+  const ElementType compute = options_.compute_dtype;
+  return group_->reduce_scatter_scratch_bytes(
+      layout_.padded_numel(), compute,
+      reduces_into(compute, options_.shard_dtype) ? options_.shard_dtype : reduced_type(compute));
 }
 
 void Fsdp::initialize_weights(std::uint64_t seed) {
@@ -300,17 +317,13 @@ void Fsdp::begin_reduce_gradients(GradientReduction reduction, GradientUpdate up
       reduction == GradientReduction::kAverage ? ReduceOp::kAverage : ReduceOp::kSum;
   const at::Tensor input = gradient_buffer_.variable_data();
   const at::Tensor shard = gradient_shard_.variable_data();
-  // The process group reduces 16-bit input straight into a float32 output; any
-  // other dtype pairing, and accumulation, goes through a shard-sized temporary.
-  const bool direct_output =
-      update == GradientUpdate::kOverwrite && (options_.shard_dtype == options_.compute_dtype ||
-                                               (is_half_precision(options_.compute_dtype) &&
-                                                options_.shard_dtype == ElementType::kFloat32));
+  // Accumulation, and a shard the group cannot reduce into, go through a
+  // shard-sized temporary.
+  const bool direct_output = update == GradientUpdate::kOverwrite &&
+                             reduces_into(options_.compute_dtype, options_.shard_dtype);
   at::Tensor output = shard;
   if (!direct_output) {
-    const c10::ScalarType reduced_dtype = is_half_precision(options_.compute_dtype)
-                                              ? c10::ScalarType::Float
-                                              : scalar_type_of(options_.compute_dtype);
+    const c10::ScalarType reduced_dtype = scalar_type_of(reduced_type(options_.compute_dtype));
     output = at::empty({layout_.shard_numel()}, shard.options().dtype(reduced_dtype));
     pending_reduce_output_ = output;
   }

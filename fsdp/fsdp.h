@@ -142,6 +142,10 @@ class Fsdp {
   //   shards: shard_numel x sizeof(shard dtype) each (the weight shard is free when aliased)
   //   own buffers: padded_numel x sizeof(compute dtype) each (shared ones count 0 here)
   StageMemory memory() const;
+  // What reduce_gradients() allocates while its reduce-scatter runs, beyond
+  // the buffer and the shard (ProcessGroup::reduce_scatter_scratch_bytes), for
+  // the step's first micro-batch; later ones add a shard-sized temporary.
+  std::int64_t reduce_scratch_bytes() const;
   const at::Tensor& gradient_shard() const { return gradient_shard_; }
   // The flat buffers: 1-D, layout().padded_numel() elements each (the start of
   // a shared buffer, which may be larger).

@@ -233,6 +233,38 @@ ProcessGroup::Work MpiProcessGroup::start_all_gather_in_place(TensorSpan buffer,
   return work;
 }
 
+// One MPI call when the whole input fits the staging bound (or is neither
+// 16-bit nor float32). A larger float32 input goes in pieces like a 16-bit
+// one: Open MPI's non-blocking reduce-scatter allocates scratch as large as
+// its input or larger (reduce_scatter_scratch_bytes), and for a stage's whole
+// gradient buffer that transient (100 MiB at a 48 MiB stage) outweighed the
+// copy into staging.
+bool MpiProcessGroup::reduces_in_one_call(std::int64_t input_numel, ElementType type) const {
+  return !is_half_precision(type) &&
+         (type != ElementType::kFloat32 || input_numel <= staging_elements_);
+}
+
+std::int64_t MpiProcessGroup::reduce_scatter_piece(std::int64_t chunk) const {
+  return std::max<std::int64_t>(1, std::min(chunk, staging_elements_ / size()));
+}
+
+std::int64_t MpiProcessGroup::reduce_scatter_scratch_bytes(std::int64_t input_numel,
+                                                           ElementType input,
+                                                           ElementType output) const {
+  const int ranks = size();
+  auto library_scratch = [ranks](std::int64_t call_input_bytes) {
+    return ranks <= 2 ? call_input_bytes : 2 * call_input_bytes;
+  };
+  if (reduces_in_one_call(input_numel, input)) {
+    return library_scratch(input_numel * element_size(input));
+  }
+  const std::int64_t float32 = element_size(ElementType::kFloat32);
+  const std::int64_t piece = reduce_scatter_piece(input_numel / ranks);
+  const std::int64_t staging_in = piece * ranks * float32;
+  const std::int64_t staging_out = output == ElementType::kFloat32 ? 0 : piece * float32;
+  return staging_in + staging_out + library_scratch(staging_in);
+}
+
 ProcessGroup::Work MpiProcessGroup::start_reduce_scatter(TensorSpan input, TensorSpan output,
                                                          ReduceOp op, std::string description) {
   const std::int64_t chunk = output.numel;  // elements each rank receives
@@ -240,14 +272,7 @@ ProcessGroup::Work MpiProcessGroup::start_reduce_scatter(TensorSpan input, Tenso
   auto work = std::make_unique<MpiWork>(*this, std::move(description));
   const int ranks = size();
   const MPI_Op reduction = mpi_op(op);
-  // One MPI call when the whole input fits the staging bound (or is neither
-  // 16-bit nor float32). A larger float32 input goes in pieces like a 16-bit
-  // one: Open MPI's non-blocking reduce-scatter allocates scratch about as
-  // large as its input, and for a stage's whole gradient buffer that
-  // transient (100 MiB at a 48 MiB stage) outweighed the copy into staging.
-  const bool whole = !is_half_precision(input.type) &&
-                     (input.type != ElementType::kFloat32 || chunk * ranks <= staging_elements_);
-  if (whole) {
+  if (reduces_in_one_call(input.numel, input.type)) {
     const MPI_Datatype type = datatype_for_moving(input.type);
     work->run(
         1,
@@ -265,7 +290,7 @@ ProcessGroup::Work MpiProcessGroup::start_reduce_scatter(TensorSpan input, Tenso
   // Piece k reduces elements [k * piece, (k + 1) * piece) of every rank's
   // chunk, gathered (and widened, when 16-bit) into a float32 staging area,
   // into the same elements of the output (float32 directly, or through staging).
-  const std::int64_t piece = std::max<std::int64_t>(1, std::min(chunk, staging_elements_ / ranks));
+  const std::int64_t piece = reduce_scatter_piece(chunk);
   auto staging_in = std::shared_ptr<float[]>(new float[piece * ranks]);
   const bool output_is_float32 = output.type == ElementType::kFloat32;
   auto staging_out = std::shared_ptr<float[]>(output_is_float32 ? nullptr : new float[piece]);

@@ -328,6 +328,15 @@ ProcessGroup::Work NcclProcessGroup::start_all_gather_in_place(TensorSpan buffer
   return finish_enqueue(std::move(description), false);
 }
 
+std::int64_t NcclProcessGroup::reduce_scatter_scratch_bytes(std::int64_t input_numel,
+                                                            ElementType input,
+                                                            ElementType output) const {
+  if (!is_half_precision(input)) return 0;
+  const std::int64_t float32 = element_size(ElementType::kFloat32);
+  const std::int64_t output_numel = input_numel / size();
+  return input_numel * float32 + (output == ElementType::kFloat32 ? 0 : output_numel * float32);
+}
+
 ProcessGroup::Work NcclProcessGroup::start_reduce_scatter(TensorSpan input, TensorSpan output,
                                                           ReduceOp op, std::string description) {
   const std::size_t count = static_cast<std::size_t>(output.numel);

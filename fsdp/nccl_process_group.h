@@ -68,6 +68,10 @@ class NcclProcessGroup final : public ProcessGroup {
   ~NcclProcessGroup() override;
 
   std::string_view backend_name() const override { return "nccl"; }
+  // Float32 copies of 16-bit input (and output); NCCL's own buffers are
+  // allocated with the communicator, not per call.
+  std::int64_t reduce_scatter_scratch_bytes(std::int64_t input_numel, ElementType input,
+                                            ElementType output) const override;
   MemoryLocation memory_location() const override { return MemoryLocation::kCuda; }
   int cuda_device() const { return cuda_device_; }
 

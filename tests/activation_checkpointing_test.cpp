@@ -26,6 +26,7 @@
 
 #include "fsdp/launch/process_memory.h"
 #include "fsdp/models/llama.h"
+#include "fsdp/mpi_process_group.h"
 #include "fsdp/process_group.h"
 #include "fsdp/stages/multi_stage_model.h"
 #include "fsdp/stages/sharded_adamw.h"
@@ -115,6 +116,14 @@ void expect_step_peak_memory_falls(bool stacked) {
   config.max_sequence = 256;
   const at::Tensor tokens =
       (at::arange(2 * 257, at::kLong).view({2, 257}) * 37).remainder(config.vocabulary);
+  // The gradient reduction's scratch (Open MPI's, as large as the stage's
+  // gradients or twice that: a stacked model's one stage is every block)
+  // would stand beside the activations in the peak, untouched by
+  // checkpointing: bounded to a few MiB here, so the peak shows the
+  // activations. The estimate counts it either way.
+  MpiProcessGroup& host = *testing::runtime().host_group();
+  const std::int64_t staging = host.staging_elements();
+  host.set_staging_elements(std::int64_t{1} << 18);
   std::map<ActivationCheckpointing, std::pair<std::int64_t, std::int64_t>> measured;
   for (auto mode : {ActivationCheckpointing::kNone, ActivationCheckpointing::kLayers}) {
     MultiStageOptions options;
@@ -126,24 +135,27 @@ void expect_step_peak_memory_falls(bool stacked) {
                           options);
     model.initialize_weights(3);
     step_peak_bytes(model, tokens, config.vocabulary);  // first use: lazy allocations
+    // The step's peak holds a gradient reduction's scratch too (a stacked
+    // model's one stage reduces the whole stack's gradients at once).
+    const ModelMemory report = model.memory(nullptr, 2, 256);
     measured[mode] = {step_peak_bytes(model, tokens, config.vocabulary),
-                      model.memory(nullptr, 2, 256).activations};
+                      report.activations + report.collective_staging};
   }
+  host.set_staging_elements(staging);
   ASSERT_GT(launch::resident_memory().peak, 0) << "no /proc/self/status";
   const auto [plain, plain_estimate] = measured[ActivationCheckpointing::kNone];
   const auto [layers, layers_estimate] = measured[ActivationCheckpointing::kLayers];
   if (testing::runtime().rank() == 0) {
     std::printf(
         "[ memory   ] %s: step peak %lld MiB without checkpointing (estimate %lld), %lld MiB "
-        "with layers (estimate %lld)\n",
+        "with layers (estimate %lld; activations and the reduction's scratch)\n",
         stacked ? "stacked" : "unstacked", static_cast<long long>(plain >> 20),
         static_cast<long long>(plain_estimate >> 20), static_cast<long long>(layers >> 20),
         static_cast<long long>(layers_estimate >> 20));
   }
-  // A stack's parts route their gradients through select(), whose backward
-  // writes zeros of the whole stack's shape: 0.54-0.69 of the peak without
-  // checkpointing measured at np 1-4 (1.28 when the stack was recomputed whole).
-  EXPECT_LT(layers, stacked ? plain * 4 / 5 : plain * 6 / 10);
+  // Measured at np 1-4: unstacked 0.33-0.39 of the peak without
+  // checkpointing, stacked 0.42-0.49 (1.28 when the stack was recomputed whole).
+  EXPECT_LT(layers, plain * 6 / 10);
   for (const auto& [peak, estimate] :
        {measured[ActivationCheckpointing::kNone], measured[ActivationCheckpointing::kLayers]}) {
     EXPECT_GT(estimate, peak / 2);

@@ -5,12 +5,16 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <malloc.h>
+
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <thread>
 
+#include "fsdp/launch/process_memory.h"
 #include "fsdp/mpi_process_group.h"
 #include "mpi_test_environment.h"
 
@@ -153,6 +157,59 @@ TEST(MpiProcessGroup, SixteenBitReductionsInManySmallPieces) {
   }
   mpi.set_staging_elements(saved);
   EXPECT_THROW(mpi.set_staging_elements(0), std::invalid_argument);
+}
+
+// What the memory report counts for a gradient reduction
+// (reduce_scatter_scratch_bytes) against what one adds to the resident set at
+// its peak: the staging and Open MPI's scratch live only inside the call.
+// Buffers of 12-48 MiB, so that the scratch stands well above the noise: one
+// float32 call, float32 in pieces, 16-bit in pieces into float32.
+TEST(MpiProcessGroup, ReduceScatterScratchIsWhatTheReportCounts) {
+  const MpiProcessGroup& mpi = *testing::runtime().host_group();
+  const std::int64_t ranks = group().size();
+  constexpr std::int64_t kMiB = std::int64_t{1} << 20;
+  struct Case {
+    const char* what;
+    std::int64_t input_bytes;
+    ElementType input;
+  };
+  for (const Case& c : {Case{"float32, one call", 12 * kMiB, ElementType::kFloat32},
+                        Case{"float32, pieces", 48 * kMiB, ElementType::kFloat32},
+                        Case{"bfloat16, pieces", 24 * kMiB, ElementType::kBFloat16}}) {
+    SCOPED_TRACE(c.what);
+    const bool sixteen_bit = c.input == ElementType::kBFloat16;
+    // Elements divisible by 1-4 ranks; zeros, so every sum is exact.
+    const std::int64_t elements = c.input_bytes / (sixteen_bit ? 2 : 4) / 12 * 12;
+    std::vector<float> input32(sixteen_bit ? 0 : elements, 0.0f);
+    std::vector<std::uint16_t> input16(sixteen_bit ? elements : 0, 0);
+    std::vector<float> output(elements / ranks, 1.0f);
+    const TensorSpan input =
+        sixteen_bit ? host_span_16bit(input16, ElementType::kBFloat16) : host_span(input32);
+    malloc_trim(0);
+    ASSERT_TRUE(launch::reset_peak_resident_memory()) << "no peak to measure";
+    const std::int64_t before = launch::resident_memory().current;
+    group().reduce_scatter(input, host_span(output), ReduceOp::kSum);
+    // Open MPI keeps its scratch on some ranks only (rank 0 reduces, then
+    // scatters); the report is the largest rank's.
+    std::vector<double> measured_here = {
+        static_cast<double>(launch::resident_memory().peak - before)};
+    EXPECT_LE(
+        measured_here[0],
+        mpi.reduce_scatter_scratch_bytes(elements, c.input, ElementType::kFloat32) + 4 * kMiB);
+    group().all_reduce(host_span(measured_here), ReduceOp::kMax);
+    const auto measured = static_cast<std::int64_t>(measured_here[0]);
+    const std::int64_t reported =
+        mpi.reduce_scatter_scratch_bytes(elements, c.input, ElementType::kFloat32);
+    if (group().rank() == 0) {
+      std::printf(
+          "[ scratch  ] %s, %lld MiB input at np %lld: %.1f MiB measured (largest rank), %.1f "
+          "reported\n",
+          c.what, static_cast<long long>(c.input_bytes / kMiB), static_cast<long long>(ranks),
+          static_cast<double>(measured) / kMiB, static_cast<double>(reported) / kMiB);
+    }
+    EXPECT_GE(measured, reported * 6 / 10);
+    EXPECT_EQ(output.front(), 0.0f);
+  }
 }
 
 TEST(MpiProcessGroup, AllReduceOpsAndTypes) {

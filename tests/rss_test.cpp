@@ -21,12 +21,12 @@ constexpr std::int64_t kHidden = 512;
 constexpr std::int64_t kWide = 2048;
 constexpr int kLayers = 24;  // 8 MiB each: a 192 MiB model
 constexpr std::int64_t kStageBytes = 2 * kWide * kHidden * 4;
-// Transients, which scale with one stage, never with the model: Open MPI's
-// non-blocking reduce-scatter takes twice its input as scratch (libnbc), plus
-// one weight's fresh gradient and the accumulate temporary of
+// Transients beyond the report (which counts the reduce-scatter's scratch,
+// ModelMemory::collective_staging), which scale with one stage, never with
+// the model: one weight's fresh gradient and the accumulate temporary of
 // reduce_gradients(); and a fixed part for the initialiser's staging chunk,
 // activations, MPI's shared-memory segments and the allocator.
-constexpr std::int64_t kTransient = 4 * kStageBytes + (std::int64_t{24} << 20);
+constexpr std::int64_t kTransient = 2 * kStageBytes + (std::int64_t{24} << 20);
 
 // An MLP block, hidden -> wide -> hidden, with a residual.
 class WideBlock final : public Layer {

@@ -51,6 +51,10 @@ class CountingGroup final : public ProcessGroup {
         inner_(std::move(inner)) {}
   std::string_view backend_name() const override { return inner_->backend_name(); }
   MemoryLocation memory_location() const override { return inner_->memory_location(); }
+  std::int64_t reduce_scatter_scratch_bytes(std::int64_t input_numel, ElementType input,
+                                            ElementType output) const override {
+    return inner_->reduce_scatter_scratch_bytes(input_numel, input, output);
+  }
   [[noreturn]] void abort_job(std::string_view message) override {
     inner_->abort_job(message);
     std::abort();  // not reached: the inner group ends the job

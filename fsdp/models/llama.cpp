@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "fsdp/models/rms_norm.h"
+#include "fsdp/models/stack_slice.h"
 #include "fsdp/models/swiglu.h"
 
 // libtorch 2's at::scaled_dot_product_attention (DecoderBlock::attention).
@@ -531,15 +532,6 @@ class StackedDecoder final : public Layer {
       total.largest_part = std::max(total.largest_part, one.largest_part);
       total.backward_window = std::max(total.backward_window, one.saved);
     }
-    // The blocks' gradients reach the stack through select(), whose backward
-    // writes zeros of the whole stack's shape (SelectBackward) before they
-    // are added into the gradient buffer. Counted at the most: every stacked
-    // parameter once.
-    for (const ParameterSpec& spec : parameter_specs()) {
-      std::int64_t numel = 1;
-      for (const std::int64_t size : spec.shape) numel *= size;
-      total.backward_transient += numel * element_size;
-    }
     return total;
   }
 
@@ -547,12 +539,13 @@ class StackedDecoder final : public Layer {
   static constexpr std::size_t kBlockParts = 2;  // DecoderBlock::forward_parts()
 
   // Binds block l to slice l of every stacked parameter. The slices are taken
-  // here, inside the graph of the forward that uses them, so that autograd
-  // routes the block's gradients into its slice of the stack.
+  // here, inside the graph of the forward that uses them (or the recompute of
+  // a checkpointed part), so that autograd routes the block's gradients into
+  // its slice of the stack's gradient, directly (stack_slice).
   void bind_block(std::size_t l) {
     std::vector<at::Tensor> slices;
     for (const at::Tensor& stacked : stacked_) {
-      slices.push_back(stacked.select(0, static_cast<std::int64_t>(l)));
+      slices.push_back(stack_slice(stacked, static_cast<std::int64_t>(l)));
     }
     blocks_[l]->bind(std::move(slices));
   }

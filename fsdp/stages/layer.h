@@ -39,9 +39,6 @@ struct ActivationBytes {
   // The largest share of `saved` that one of forward_part()'s parts keeps;
   // 0 when the layer is one part (the share is then `saved`).
   std::int64_t largest_part = 0;
-  // What the layer's backward allocates for a moment beyond its graph, with
-  // or without checkpointing (a stack's parameter gradients at full size).
-  std::int64_t backward_transient = 0;
   // The largest share of `saved` whose activation gradients the backward
   // holds at once (a stack: one block's); 0 when that is all of `saved`.
   std::int64_t backward_window = 0;

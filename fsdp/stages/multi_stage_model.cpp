@@ -706,11 +706,7 @@ std::int64_t MultiStageModel::activation_estimate(std::int64_t rows, std::int64_
       largest = std::max(largest, layer.backward_window > 0 ? layer.backward_window : layer.saved);
     }
   }
-  std::int64_t transient = 0;
-  for (const ActivationBytes& layer : bytes) {
-    transient = std::max(transient, layer.backward_transient);
-  }
-  return kept + working + largest + loss + transient;
+  return kept + working + largest + loss;
 }
 
 ModelMemory MultiStageModel::memory(const ShardedAdamW* optimizer, std::int64_t rows,
@@ -719,15 +715,10 @@ ModelMemory MultiStageModel::memory(const ShardedAdamW* optimizer, std::int64_t 
   if (rows > 0) {
     memory.activations = activation_estimate(rows, sequence, memory.activations_partly_unknown);
   }
-  // A device group reduces 16-bit gradients through float32 staging (the CPU
-  // group stages in bounded pieces, which the resident set's baseline holds).
-  const bool stages_in_float32 = is_half_precision(options_.fsdp.compute_dtype);
   auto add = [&](const Fsdp& fsdp) {
-    if (stages_in_float32 && fsdp.group().memory_location() == MemoryLocation::kCuda) {
-      memory.collective_staging = std::max<std::int64_t>(
-          memory.collective_staging,
-          fsdp.layout().padded_numel() * element_size(ElementType::kFloat32));
-    }
+    // One stage reduces at a time (an asynchronous reduction is finished
+    // before the next one starts): the largest stage's scratch.
+    memory.collective_staging = std::max(memory.collective_staging, fsdp.reduce_scratch_bytes());
     const StageMemory stage = fsdp.memory();
     memory.weight_shards += stage.weight_shard;
     memory.gradient_shards += stage.gradient_shard;

@@ -147,9 +147,11 @@ struct ModelMemory {
   std::int64_t optimizer_state = 0;
   std::int64_t weight_buffers = 0;  // own and shared
   std::int64_t gradient_buffers = 0;
-  // Float32 copies of 16-bit gradients while a device (NCCL) group reduces
-  // them: the largest stage's gradient buffer in float32, on the
-  // communication stream during reduce_gradients (nccl_process_group.h).
+  // What the largest stage's gradient reduce-scatter allocates while it runs
+  // (Fsdp::reduce_scratch_bytes): float32 copies of 16-bit gradients on a
+  // device (NCCL) group; on a host (MPI) group, the float32 staging of a
+  // large or 16-bit buffer's pieces and Open MPI's own scratch, as large as
+  // the call's input or twice that.
   std::int64_t collective_staging = 0;
   // An estimate of the activations one micro-batch keeps alive at its peak
   // (MultiStageModel::memory with a batch shape; 0 without one). Not in total():
