@@ -121,15 +121,15 @@ class ProcessGroup {
     reduce_scatter_async(input, output, op)->wait();
   }
 
-  // In-place all-reduce, same type rules as reduce_scatter.
-  Work all_reduce_async(TensorSpan buffer, ReduceOp op);
-
   // The most memory, in bytes, that a reduce-scatter of `input_numel`
   // elements of type `input` into `output` allocates for itself while it runs
   // (staging copies, the communication library's scratch), beyond its input
   // and output: the memory report counts it (ModelMemory::collective_staging).
   virtual std::int64_t reduce_scatter_scratch_bytes(std::int64_t input_numel, ElementType input,
                                                     ElementType output) const = 0;
+
+  // In-place all-reduce, same type rules as reduce_scatter.
+  Work all_reduce_async(TensorSpan buffer, ReduceOp op);
   void all_reduce(TensorSpan buffer, ReduceOp op) { all_reduce_async(buffer, op)->wait(); }
 
   // Copies root's buffer into every rank's buffer. Any type.
