@@ -20,7 +20,8 @@ namespace fsdp::models {
 // second copy of the stack's gradients, alive through the whole backward
 // (with the runtime's views, .grad is already the flat gradient buffer).
 // Here no gradient ever reaches `stacked` through the graph, so hooks on
-// `stacked` do not run; .grad is looked up during the backward, so a harness
+// `stacked` see none (libtorch 1.13 does not call them; 2.x calls them with
+// an undefined tensor); .grad is looked up during the backward, so a harness
 // that resets it (set to none) after the forward still gets its gradient.
 //
 // For a leaf only, whose gradient is kept rather than passed on: otherwise
